@@ -1,0 +1,164 @@
+"""Operators' view: every field read-only; writes go through services.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+
+from . import selectors, services
+from .forms import CollectionRequestForm
+from .models import Attempt, CollectionRequest, Source, Status
+
+TRIGGER_PERMISSION = "collections_app.trigger_collection"
+
+
+class AttemptInline(admin.TabularInline):
+    model = Attempt
+    extra = 0
+    can_delete = False
+    fields = [
+        "started",
+        "status_code",
+        "duration_ms",
+        "retry_after_seconds",
+        "error",
+        "error_description",
+        "batch_size",
+        "task_link",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Celery task")
+    def task_link(self, attempt: Attempt) -> str:
+        return task_link(attempt.task_id)
+
+
+def task_link(task_id: str) -> str:
+    if not task_id:
+        return "-"
+    url = reverse("admin:django_celery_results_taskresult_changelist") + f"?q={task_id}"
+    return format_html('<a href="{}">{}</a>', url, task_id[:8])
+
+
+@admin.register(CollectionRequest)
+class CollectionRequestAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "status",
+        "meter_count",
+        "ignored_count",
+        "attempts",
+        "error",
+        "next_attempt_at",
+        "source",
+        "created",
+    ]
+    list_filter = ["status", "error", "source", "collection_duration", "created"]
+    search_fields = ["id", "meters"]
+    date_hierarchy = "created"
+    list_per_page = 50
+    show_full_result_count = False
+    inlines = [AttemptInline]
+    actions = ["retry_failed"]
+    fields = [
+        "id",
+        "status",
+        "meters",
+        "collection_duration",
+        "accepted_meters",
+        "ignored_meters",
+        "attempts",
+        "next_attempt_at",
+        "error",
+        "error_description",
+        "last_http_status",
+        "source",
+        "requested_by",
+        "idempotency_key",
+        "task",
+        "created",
+        "updated",
+    ]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return self.fields
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> Any:
+        """Search by request id or by one meter uid (an exact uid in the meters list)."""
+        if not search_term.strip():
+            return queryset, False
+        return selectors.search_requests(queryset, search_term.strip()), False
+
+    @admin.display(description="meters")
+    def meter_count(self, obj: CollectionRequest) -> int:
+        return len(obj.meters or [])
+
+    @admin.display(description="ignored")
+    def ignored_count(self, obj: CollectionRequest) -> int:
+        return len(obj.ignored_meters or [])
+
+    @admin.display(description="Celery task")
+    def task(self, obj: CollectionRequest) -> str:
+        return task_link(obj.task_id)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return super().has_add_permission(request) and request.user.has_perm(TRIGGER_PERMISSION)
+
+    def has_retry_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(TRIGGER_PERMISSION)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # requests are an audit trail of money spent
+
+    @admin.action(description="Retry selected failed requests", permissions=["retry"])
+    def retry_failed(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = services.retry_failed(queryset.filter(status=Status.FAILED))
+        skipped = queryset.exclude(status=Status.FAILED).count()
+        self.message_user(request, f"{count} failed request(s) resubmitted.", messages.SUCCESS)
+        if skipped:
+            self.message_user(
+                request,
+                f"{skipped} selected request(s) were not failed and were left alone.",
+                messages.WARNING,
+            )
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        for pause in selectors.active_pauses():
+            self.message_user(request, pause.message, messages.WARNING)
+        return super().changelist_view(request, extra_context)
+
+    def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> Any:
+        """Validate with the shared rules and trigger through request_collection."""
+        if not self.has_add_permission(request):
+            return super().add_view(request, form_url, extra_context)  # answers 403
+        form = CollectionRequestForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            created = services.request_collection(
+                form.cleaned_data["meters"],
+                form.cleaned_data["collection_duration"],
+                source=Source.ADMIN,
+                requested_by=request.user,
+            )
+            self.message_user(request, f"Collection request {created.id} submitted.")
+            url = reverse("admin:collections_app_collectionrequest_change", args=[created.pk])
+            return HttpResponseRedirect(url)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Trigger a historical collection",
+            "form": form,
+            "opts": self.model._meta,
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "collections_app/admin_add.html", context)

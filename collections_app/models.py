@@ -1,0 +1,112 @@
+"""Data and invariants only: every write and status transition lives in services.py."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class Status(models.TextChoices):
+    SUBMITTED = "submitted", "Submitted"  # stored, waiting for or between attempts
+    PENDING = "pending", "Pending"  # UtilityAPI accepted it: the meters' collection runs
+    FAILED = "failed", "Failed"  # UtilityAPI refused it, or retries ran out
+
+
+class Source(models.TextChoices):
+    ADMIN = "admin", "Admin"
+    API = "api", "API"
+    CLI = "cli", "Command line"
+    REGISTRY = "registry", "Meter registry"
+
+
+class CollectionRequest(models.Model):
+    """One historical collection asked for by a user; the database row is the source of truth."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    status = models.CharField(max_length=16, choices=Status, default=Status.SUBMITTED)
+    meters = models.JSONField(help_text="Meter uids, as asked.")
+    collection_duration = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Months, 1–36; empty means the account's default."
+    )
+    accepted_meters = models.JSONField(default=list, blank=True)
+    ignored_meters = models.JSONField(
+        default=list, blank=True, help_text="Asked for, but dropped by UtilityAPI."
+    )
+    attempts = models.PositiveIntegerField(
+        default=0, help_text="POSTs that carried this request (429 answers not counted)."
+    )
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    error = models.CharField(max_length=64, blank=True)
+    error_description = models.TextField(blank=True)
+    last_http_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    source = models.CharField(max_length=16, choices=Source, default=Source.API)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    # Delivery bookkeeping: a worker that claims the row holds it until lease_expires_at;
+    # dispatched_at is when the last "look at this row" message was due.
+    lease_token = models.UUIDField(null=True, blank=True, editable=False)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    dispatched_at = models.DateTimeField(null=True, blank=True, editable=False)
+    task_id = models.CharField(max_length=255, blank=True, editable=False)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created"]
+        permissions = [("trigger_collection", "Can trigger paid UtilityAPI collections")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(collection_duration__isnull=True)
+                | Q(collection_duration__gte=1, collection_duration__lte=36),
+                name="collection_duration_1_to_36",
+            ),
+            models.CheckConstraint(condition=Q(status__in=Status.values), name="status_known"),
+            models.UniqueConstraint(
+                fields=["requested_by", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="one_request_per_idempotency_key",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"], condition=Q(status="submitted"), name="due_submitted"
+            ),
+            models.Index(fields=["status", "-created"], name="status_created"),
+            models.Index(fields=["-created"], name="created_desc"),
+            models.Index(fields=["error"], condition=Q(status="failed"), name="failed_error"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status}, {len(self.meters or [])} meters)"
+
+
+class Attempt(models.Model):
+    """One request's part in one HTTP POST; rows sharing call_id went out in the same POST."""
+
+    request = models.ForeignKey(
+        CollectionRequest, on_delete=models.CASCADE, related_name="http_attempts"
+    )
+    call_id = models.UUIDField(db_index=True)
+    batch_size = models.PositiveIntegerField(default=1, help_text="Requests carried by the POST.")
+    started = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    status_code = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Empty when no HTTP answer came (timeout, network)."
+    )
+    retry_after_seconds = models.FloatField(null=True, blank=True)
+    error = models.CharField(max_length=64, blank=True)
+    error_description = models.TextField(blank=True)
+    task_id = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["started", "id"]
+        indexes = [
+            models.Index(fields=["started"], name="attempt_started"),
+            models.Index(fields=["request", "started"], name="attempt_request_started"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.started:%Y-%m-%d %H:%M:%S} → {self.status_code or self.error}"

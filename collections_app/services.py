@@ -1,0 +1,437 @@
+"""Every write to a collection request and every status transition.
+
+Entry points (request_collection, retry_failed), the broker dispatch, the sweep, and the
+recording of what one POST answered. The send pipeline itself is in delivery.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from .client import Accepted
+from .exceptions import PermanentError, Throttled, UtilityAPIError
+from .models import Attempt, CollectionRequest, Source, Status
+from .validation import clean_duration, clean_meters, invalid
+
+log = logging.getLogger(__name__)
+
+# (from, to): the only status changes there are.
+ALLOWED_TRANSITIONS = {
+    (Status.SUBMITTED, Status.SUBMITTED),  # another attempt is scheduled
+    (Status.SUBMITTED, Status.PENDING),  # UtilityAPI accepted it
+    (Status.SUBMITTED, Status.FAILED),  # UtilityAPI refused it, or retries ran out
+    (Status.FAILED, Status.SUBMITTED),  # an operator retries it
+}
+SWEEP_BATCH = 5000
+
+
+class TransitionError(Exception):
+    pass
+
+
+def transition(request: CollectionRequest, to: Status, **fields: Any) -> None:
+    """Move `request` to status `to` in memory (the caller saves), refusing unlisted moves."""
+    if (request.status, to) not in ALLOWED_TRANSITIONS:
+        raise TransitionError(f"{request.id}: {request.status} → {to} is not allowed")
+    request.status = to
+    for name, value in fields.items():
+        setattr(request, name, value)
+
+
+# --- entry points -------------------------------------------------------------------------------
+
+
+def request_collection(
+    meters: Any,
+    collection_duration: Any = None,
+    *,
+    source: str = Source.API,
+    requested_by: Any = None,
+    idempotency_key: str = "",
+) -> CollectionRequest:
+    """Validate, store and (once the transaction commits) enqueue one collection request.
+
+    Raises ValidationError naming the field; then nothing is stored or sent. With an
+    idempotency key already used by the same user for the same input, returns that request.
+    """
+    meters = clean_meters(meters)
+    collection_duration = clean_duration(collection_duration)
+    if source not in Source.values:
+        raise invalid("source", f"source must be one of {', '.join(Source.values)}.")
+    if len(idempotency_key) > 255:
+        raise invalid("idempotency_key", "idempotency_key is longer than 255 characters.")
+    fields = {"meters": meters, "collection_duration": collection_duration}
+    if idempotency_key:
+        existing = _find_idempotent(requested_by, idempotency_key, fields)
+        if existing:
+            return existing
+    try:
+        with transaction.atomic():
+            request = CollectionRequest.objects.create(
+                **fields,
+                source=source,
+                requested_by=requested_by,
+                idempotency_key=idempotency_key,
+                next_attempt_at=timezone.now(),
+            )
+            _dispatch_on_commit([request.pk])
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        existing = _find_idempotent(requested_by, idempotency_key, fields)  # lost a race
+        assert existing is not None
+        return existing
+    return request
+
+
+def request_collections(
+    meter_groups: Sequence[list[str]],
+    collection_duration: Any = None,
+    *,
+    source: str = Source.REGISTRY,
+    requested_by: Any = None,
+) -> list[CollectionRequest]:
+    """Store many requests at once (bulk triggers); validated like request_collection."""
+    collection_duration = clean_duration(collection_duration)
+    groups = [clean_meters(group) for group in meter_groups]
+    now = timezone.now()
+    with transaction.atomic():
+        created = CollectionRequest.objects.bulk_create(
+            CollectionRequest(
+                meters=group,
+                collection_duration=collection_duration,
+                source=source,
+                requested_by=requested_by,
+                next_attempt_at=now,
+            )
+            for group in groups
+        )
+        _dispatch_on_commit([r.pk for r in created])
+    return created
+
+
+def _find_idempotent(user: Any, key: str, fields: dict[str, Any]) -> CollectionRequest | None:
+    existing = CollectionRequest.objects.filter(requested_by=user, idempotency_key=key).first()
+    if existing and (existing.meters, existing.collection_duration) != tuple(fields.values()):
+        raise invalid(
+            "idempotency_key",
+            "This Idempotency-Key was already used for a request with other meters or duration.",
+        )
+    return existing
+
+
+def retry_failed(requests: Iterable[CollectionRequest]) -> int:
+    """Give failed requests a fresh set of attempts; returns how many were resubmitted."""
+    now = timezone.now()
+    ids = []
+    with transaction.atomic():
+        for request in CollectionRequest.objects.select_for_update().filter(
+            pk__in=[r.pk for r in requests], status=Status.FAILED
+        ):
+            transition(
+                request,
+                Status.SUBMITTED,
+                attempts=0,
+                next_attempt_at=now,
+                error="",
+                error_description="",
+                last_http_status=None,
+            )
+            request.save()
+            ids.append(request.pk)
+        _dispatch_on_commit(ids)
+    return len(ids)
+
+
+# --- the broker -----------------------------------------------------------------------------
+
+
+def _dispatch_on_commit(ids: list[Any], countdown: float = 0.0) -> None:
+    if ids:
+        transaction.on_commit(lambda: dispatch(ids, countdown))
+
+
+def dispatch(ids: Sequence[Any], countdown: float = 0.0) -> int:
+    """Send "look at row X" messages. If the broker is down the rows stay due, and the
+    sweep sends them later: nothing is lost. Returns how many were sent."""
+    from .tasks import send_collection
+
+    if countdown <= 0 and settings.COLLECTIONS_COALESCE_WINDOW_MS:
+        countdown = settings.COLLECTIONS_COALESCE_WINDOW_MS / 1000
+    sent: list[Any] = []
+    try:
+        for pk in ids:
+            send_collection.apply_async((str(pk),), countdown=countdown or None)
+            sent.append(pk)
+    except Exception as err:  # kombu/redis errors vary by transport: log and leave to the sweep
+        log.warning(
+            "broker unavailable (%s): %d request(s) wait for the sweep",
+            type(err).__name__,
+            len(ids) - len(sent),
+        )
+    due = timezone.now() + timedelta(seconds=countdown)
+    for chunk in _chunks(sent, 1000):
+        CollectionRequest.objects.filter(pk__in=chunk).update(dispatched_at=due)
+    return len(sent)
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    return (items[i : i + size] for i in range(0, len(items), size))
+
+
+def sweep() -> dict[str, int]:
+    """Free rows whose worker died holding them, and re-dispatch due rows whose message was
+    lost or never sent (a broker outage, or a wait too long for a broker countdown)."""
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.COLLECTIONS_STUCK_AFTER_SECONDS)
+    submitted = CollectionRequest.objects.filter(status=Status.SUBMITTED)
+    orphaned = list(submitted.filter(lease_expires_at__lt=now).values_list("pk", flat=True))
+    submitted.filter(pk__in=orphaned, lease_expires_at__lt=now).update(
+        lease_token=None, lease_expires_at=None
+    )
+    due = submitted.filter(next_attempt_at__lte=now, lease_expires_at__isnull=True)
+    forgotten = due.filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=stale))
+    ids = list(dict.fromkeys([*orphaned, *forgotten.values_list("pk", flat=True)[:SWEEP_BATCH]]))
+    sent = dispatch(ids) if ids else 0
+    if ids:
+        log.info("sweep: %d orphaned, %d re-dispatched", len(orphaned), sent)
+    return {"orphaned": len(orphaned), "dispatched": sent}
+
+
+# --- claims and outcomes ----------------------------------------------------------------------
+
+
+def lease_seconds() -> float:
+    return (
+        settings.UTILITYAPI_CONNECT_TIMEOUT
+        + settings.UTILITYAPI_READ_TIMEOUT
+        + settings.COLLECTIONS_LEASE_MARGIN_SECONDS
+    )
+
+
+def claim(request_id: Any, task_id: str) -> list[CollectionRequest]:
+    """Lease the request if it is due and free, with the due, free requests of the same
+    duration that fit in one POST (coalescing). Empty when another worker has it."""
+    import uuid
+
+    now = timezone.now()
+    token = uuid.uuid4()
+    lease = {
+        "lease_token": token,
+        "lease_expires_at": now + timedelta(seconds=lease_seconds()),
+        "task_id": task_id,
+    }
+    free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
+    due = CollectionRequest.objects.filter(free, status=Status.SUBMITTED, next_attempt_at__lte=now)
+    with transaction.atomic():
+        if not due.filter(pk=request_id).update(**lease):
+            return []
+        own = CollectionRequest.objects.get(pk=request_id)
+        companions = _companions(due.exclude(pk=request_id), own)
+        due.filter(pk__in=companions).update(**lease)
+    return list(CollectionRequest.objects.filter(lease_token=token).order_by("created"))
+
+
+def _companions(due: Any, own: CollectionRequest) -> list[Any]:
+    room = settings.COLLECTIONS_BATCH_MAX_METERS - len(own.meters)
+    if room <= 0:
+        return []
+    rows = (
+        due.filter(collection_duration=own.collection_duration)
+        .order_by("next_attempt_at")
+        .select_for_update(skip_locked=True)
+        .values_list("pk", "meters")[:room]
+    )
+    picked = []
+    for pk, meters in rows:
+        if len(meters) <= room:
+            picked.append(pk)
+            room -= len(meters)
+    return picked
+
+
+def renew(batch: Sequence[CollectionRequest]) -> None:
+    until = timezone.now() + timedelta(seconds=lease_seconds())
+    CollectionRequest.objects.filter(
+        pk__in=[r.pk for r in batch], lease_token=batch[0].lease_token
+    ).update(lease_expires_at=until)
+
+
+def defer(batch: Sequence[CollectionRequest], seconds: float) -> None:
+    """Give back claimed rows without an attempt: they wait `seconds` (a pause, no slot)."""
+    when = timezone.now() + timedelta(seconds=seconds)
+    for request in batch:
+        current = request.next_attempt_at or when
+        transition(request, Status.SUBMITTED, next_attempt_at=max(when, current))
+    _save_and_schedule(batch, ["next_attempt_at"])
+
+
+@dataclass(frozen=True)
+class Call:
+    """What one POST was: for the attempt rows it leaves."""
+
+    call_id: Any
+    started: datetime
+    duration_ms: int
+    task_id: str
+
+
+def record_split(batch: Sequence[CollectionRequest], err: UtilityAPIError, call: Call) -> None:
+    """A batch refused as a whole (400): log the attempt; the caller retries the halves."""
+    note = f"{err.description} (batch of {len(batch)} split to find the bad request)"
+    _log_attempts(batch, call, err, note)
+
+
+def record_outcome(
+    batch: Sequence[CollectionRequest], outcome: Accepted | UtilityAPIError, call: Call
+) -> None:
+    """Apply the retry policy to every request that one POST carried, and save."""
+    now = timezone.now()
+    with transaction.atomic():
+        _log_attempts(batch, call, outcome)
+        for request in batch:
+            _apply(request, outcome, now)
+        _save_and_schedule(batch, OUTCOME_FIELDS)
+
+
+OUTCOME_FIELDS = [
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "error",
+    "error_description",
+    "last_http_status",
+    "accepted_meters",
+    "ignored_meters",
+]
+
+
+def _log_attempts(
+    batch: Sequence[CollectionRequest], call: Call, outcome: Any, note: str = ""
+) -> None:
+    err = outcome if isinstance(outcome, UtilityAPIError) else None
+    Attempt.objects.bulk_create(
+        Attempt(
+            request=request,
+            call_id=call.call_id,
+            batch_size=len(batch),
+            started=call.started,
+            duration_ms=call.duration_ms,
+            status_code=err.status_code if err else 200,
+            retry_after_seconds=err.retry_after if isinstance(err, Throttled) else None,
+            error=err.error if err else "",
+            error_description=note or (err.description if err else ""),
+            task_id=call.task_id,
+        )
+        for request in batch
+    )
+
+
+def _apply(request: CollectionRequest, outcome: Accepted | UtilityAPIError, now: datetime) -> None:
+    if isinstance(outcome, Accepted):
+        return _accept(request, outcome)
+    request.last_http_status = outcome.status_code
+    if isinstance(outcome, Throttled):  # waits for Retry-After; not counted as an attempt
+        when = now + timedelta(seconds=outcome.retry_after or 0)
+        return transition(
+            request,
+            Status.SUBMITTED,
+            next_attempt_at=when,
+            error=outcome.error,
+            error_description=outcome.description,
+        )
+    request.attempts += 1
+    if isinstance(outcome, PermanentError):
+        return transition(
+            request,
+            Status.FAILED,
+            next_attempt_at=None,
+            error=outcome.error,
+            error_description=outcome.description,
+        )
+    if request.attempts >= settings.COLLECTIONS_MAX_ATTEMPTS:
+        return transition(
+            request,
+            Status.FAILED,
+            next_attempt_at=None,
+            error="retries_exhausted",
+            error_description=f"Gave up after {request.attempts} attempts; the "
+            f"last: {outcome.error}: {outcome.description}",
+        )
+    when = now + timedelta(seconds=backoff(request.attempts))
+    transition(
+        request,
+        Status.SUBMITTED,
+        next_attempt_at=when,
+        error=outcome.error,
+        error_description=outcome.description,
+    )
+
+
+def _accept(request: CollectionRequest, outcome: Accepted) -> None:
+    triggered = set(outcome.meters)
+    accepted = [m for m in request.meters if m in triggered]
+    ignored = [m for m in request.meters if m not in triggered]
+    request.attempts += 1
+    request.last_http_status = 200
+    if not accepted:  # alone, UtilityAPI would have answered 400 expired_or_revoked
+        return transition(
+            request,
+            Status.FAILED,
+            next_attempt_at=None,
+            ignored_meters=ignored,
+            accepted_meters=[],
+            error="expired_or_revoked",
+            error_description="UtilityAPI dropped every meter of this request: "
+            "their authorizations are revoked or expired.",
+        )
+    transition(
+        request,
+        Status.PENDING,
+        next_attempt_at=None,
+        accepted_meters=accepted,
+        ignored_meters=ignored,
+        error="",
+        error_description="",
+    )
+
+
+def backoff(attempts: int) -> float:
+    """Exponential backoff with equal jitter: half the step fixed, half random, capped."""
+    step = min(
+        settings.COLLECTIONS_RETRY_MAX_SECONDS,
+        settings.COLLECTIONS_RETRY_BASE_SECONDS * 2 ** max(attempts - 1, 0),
+    )
+    return step / 2 + random.uniform(0, step / 2)
+
+
+def _save_and_schedule(batch: Sequence[CollectionRequest], fields: list[str]) -> None:
+    """Save the batch, free its lease, and make sure each still-submitted row is looked at
+    again when due: by a broker countdown for short waits, by the sweep for long ones."""
+    now = timezone.now()
+    for request in batch:
+        request.lease_token = request.lease_expires_at = None
+        request.updated = now
+    later = [r for r in batch if r.status == Status.SUBMITTED]
+    for request in later:
+        request.dispatched_at = None  # the sweep's job unless a countdown is sent below
+    CollectionRequest.objects.bulk_update(
+        batch, [*fields, "lease_token", "lease_expires_at", "dispatched_at", "updated"]
+    )
+    # One countdown for the rows due within the broker horizon: the latest of them, so that
+    # when it arrives they are all due and one claim takes them together.
+    horizon = settings.COLLECTIONS_BROKER_COUNTDOWN_MAX_SECONDS
+    soon = [r for r in later if (r.next_attempt_at - now).total_seconds() <= horizon]
+    if soon:
+        wait = max((r.next_attempt_at - now).total_seconds() for r in soon)
+        _dispatch_on_commit([r.pk for r in soon], countdown=max(wait, 0.001))

@@ -1,0 +1,33 @@
+"""Thin tasks: take an id, call a service.
+
+UtilityAPI's answers are never retried through Celery: the policy in services.py stores the
+next attempt on the row. Celery retries only the infrastructure failing under the task (the
+database restarting), with a short backoff.
+"""
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+from . import delivery, services
+
+INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, ConnectionError)
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    autoretry_for=INFRASTRUCTURE_ERRORS,
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=True,
+    max_retries=20,
+)
+def send_collection(self, request_id: str) -> str:
+    """Send collection request `request_id` if it is due (a duplicate delivery is harmless)."""
+    return delivery.deliver(request_id, task_id=self.request.id or "")
+
+
+@shared_task(autoretry_for=INFRASTRUCTURE_ERRORS, retry_backoff=1, max_retries=3)
+def sweep() -> dict[str, int]:
+    """Periodic (beat): free rows of dead workers and re-dispatch forgotten due rows."""
+    return services.sweep()

@@ -1,0 +1,217 @@
+"""Settings for the collections service, read from the environment (see README "Configuration").
+
+Every default is a development value; production sets DJANGO_SECRET_KEY, DJANGO_DEBUG=0,
+DJANGO_ALLOWED_HOSTS, DATABASE_URL and CELERY_BROKER_URL.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        value = int(raw) if raw.strip() else default
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = os.environ.get(name, "")
+    try:
+        value = float(raw) if raw.strip() else default
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    return default if not raw else raw in {"1", "true", "yes", "on"}
+
+
+DEBUG = env_bool("DJANGO_DEBUG", True)
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
+    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105
+ALLOWED_HOSTS = [
+    h.strip()
+    for h in os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
+    if h.strip()
+]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "django_celery_results",
+    "django_celery_beat",
+    "collections_app",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # SQLite serves `make run` only: wait for the writer lock instead of failing at once.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+LOGIN_URL = "admin:login"
+
+# Production hardening: `manage.py check --deploy` is clean when DJANGO_DEBUG=0.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = not DEBUG
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
+SECURE_HSTS_SECONDS = 0 if DEBUG else env_int("DJANGO_HSTS_SECONDS", 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_PRELOAD = not DEBUG
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+CSRF_TRUSTED_ORIGINS = [
+    o.strip() for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
+]
+
+# --- UtilityAPI -------------------------------------------------------------------------------
+UTILITYAPI_BASE_URL = os.environ.get("UTILITYAPI_BASE_URL", "https://utilityapi.com/api/v2")
+UTILITYAPI_TOKEN = os.environ.get("UTILITYAPI_TOKEN", "")
+UTILITYAPI_RATE_LIMIT = env_float("UTILITYAPI_RATE_LIMIT", 50, minimum=0.01)
+# Fraction of the rate limit kept in reserve so network jitter never lets the vendor count
+# more than its limit in any one-second window.
+UTILITYAPI_RATE_HEADROOM = env_float("UTILITYAPI_RATE_HEADROOM", 0.03)
+UTILITYAPI_CONNECT_TIMEOUT = env_float("UTILITYAPI_CONNECT_TIMEOUT", 5)
+UTILITYAPI_READ_TIMEOUT = env_float("UTILITYAPI_READ_TIMEOUT", 30)
+
+# --- Collections ------------------------------------------------------------------------------
+COLLECTIONS_MAX_ATTEMPTS = env_int("COLLECTIONS_MAX_ATTEMPTS", 8, minimum=1)
+COLLECTIONS_RETRY_BASE_SECONDS = env_float("COLLECTIONS_RETRY_BASE_SECONDS", 5)
+COLLECTIONS_RETRY_MAX_SECONDS = env_float("COLLECTIONS_RETRY_MAX_SECONDS", 600)
+COLLECTIONS_STUCK_AFTER_SECONDS = env_int("COLLECTIONS_STUCK_AFTER_SECONDS", 300, minimum=1)
+COLLECTIONS_SWEEP_INTERVAL_SECONDS = env_int("COLLECTIONS_SWEEP_INTERVAL_SECONDS", 30, minimum=1)
+COLLECTIONS_ACCOUNT_PAUSE_SECONDS = env_int("COLLECTIONS_ACCOUNT_PAUSE_SECONDS", 300)
+# Coalescing: requests with the same duration that are due together share one POST.
+COLLECTIONS_BATCH_MAX_METERS = env_int("COLLECTIONS_BATCH_MAX_METERS", 1000, minimum=1)
+COLLECTIONS_COALESCE_WINDOW_MS = env_int("COLLECTIONS_COALESCE_WINDOW_MS", 20)
+COLLECTIONS_MAX_METERS_PER_REQUEST = env_int("COLLECTIONS_MAX_METERS_PER_REQUEST", 1000, minimum=1)
+# Waits up to this long are carried by the broker (a countdown); longer ones by the sweep.
+COLLECTIONS_BROKER_COUNTDOWN_MAX_SECONDS = env_int("COLLECTIONS_BROKER_COUNTDOWN_MAX_SECONDS", 60)
+
+# --- Celery (https://docs.celeryq.dev/en/stable/userguide/configuration.html) -----------------
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+CELERY_RESULT_BACKEND = "django-db"
+CELERY_RESULT_EXTENDED = True  # task name, args and worker kept with each result row
+CELERY_CACHE_BACKEND = "django-cache"
+CELERY_TASK_ACKS_LATE = True  # a message is acknowledged only when its task has finished...
+CELERY_TASK_REJECT_ON_WORKER_LOST = True  # ...and redelivered if the worker died running it
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = 120
+CELERY_TASK_SOFT_TIME_LIMIT = 100
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Publishing must fail fast when Redis is down, so a web request is not held for minutes.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": 3600,
+    "socket_timeout": 5,
+    "socket_connect_timeout": 3,
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 1,
+}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_BEAT_SCHEDULE = {
+    "sweep-collection-requests": {
+        "task": "collections_app.tasks.sweep",
+        "schedule": float(COLLECTIONS_SWEEP_INTERVAL_SECONDS),
+    },
+}
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "collections_app.api.auth.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "collections_app.api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Collections service API",
+    "DESCRIPTION": "Trigger UtilityAPI historical collections and poll for their outcome.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"urllib3": {"level": "WARNING"}},
+}
+
+# A worker holds a claimed row this long past its HTTP timeouts before the sweep frees it.
+COLLECTIONS_LEASE_MARGIN_SECONDS = env_int("COLLECTIONS_LEASE_MARGIN_SECONDS", 30)
+# A worker sleeps for its rate-limit slot when it comes within this many seconds; a later slot
+# sends the row back through the broker instead of holding a worker thread.
+COLLECTIONS_SLOT_MAX_WAIT_SECONDS = env_float("COLLECTIONS_SLOT_MAX_WAIT_SECONDS", 2)

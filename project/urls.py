@@ -1,0 +1,11 @@
+from django.contrib import admin
+from django.http import HttpResponse
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/ops/", permanent=False)),
+    path("healthz", lambda request: HttpResponse("ok", content_type="text/plain")),
+    path("admin/", admin.site.urls),
+    path("", include("collections_app.urls")),
+]

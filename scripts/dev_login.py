@@ -1,0 +1,29 @@
+"""For `make run`: make sure a development superuser exists and print the URLs and login."""
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.contrib.auth import get_user_model  # noqa: E402
+
+if not settings.DEBUG:
+    sys.exit("make run is for development: DJANGO_DEBUG is off, create users yourself.")
+
+User = get_user_model()
+if not User.objects.filter(username="admin").exists():
+    User.objects.create_superuser("admin", "admin@example.com", "admin")
+bind = os.environ.get("WEB_BIND", "127.0.0.1:8000")
+print(f"""
+  Admin          http://{bind}/admin/     login: admin / admin (development only)
+  Ops dashboard  http://{bind}/ops/
+  JSON API       http://{bind}/api/collections/   (token: manage.py create_api_token admin)
+  Ctrl-C stops web, worker, beat and the sandbox together.
+""")

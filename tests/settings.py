@@ -1,0 +1,15 @@
+"""Settings for the test run: the project's own, on the suite's defaults.
+
+The suite needs PostgreSQL and a Redis database it may flush (db 1 by default, so that
+`make run`'s db 0 is left alone). Worker processes started by the tests get the same values
+through their environment (tests/conftest.py).
+"""
+
+import os
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
+os.environ.setdefault("UTILITYAPI_TOKEN", "sandbox-token")
+os.environ.setdefault("COLLECTIONS_COALESCE_WINDOW_MS", "0")
+
+from project.settings import *  # noqa: E402, F403
