@@ -162,3 +162,6 @@ class CollectionRequestAdmin(admin.ModelAdmin):
             **(extra_context or {}),
         }
         return TemplateResponse(request, "collections_app/admin_add.html", context)
+
+
+from . import admin_meters  # noqa: E402, F401  (the meter registry's admin)

@@ -110,3 +110,48 @@ class Attempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.started:%Y-%m-%d %H:%M:%S} → {self.status_code or self.error}"
+
+
+class ApiToken(models.Model):
+    """A bearer token for the JSON API. Only a SHA-256 digest is stored; the token itself is
+    shown once, when created."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    name = models.CharField(max_length=100, blank=True)
+    prefix = models.CharField(max_length=12, help_text="The token's first characters, to tell it.")
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+
+class Meter(models.Model):
+    """A meter as UtilityAPI's GET /meters last described it (synced, never edited here)."""
+
+    uid = models.CharField(max_length=64, unique=True)
+    authorization_uid = models.CharField(max_length=64, blank=True, db_index=True)
+    utility = models.CharField(max_length=100, blank=True)
+    vendor_status = models.CharField(max_length=32, blank=True)
+    status_message = models.TextField(blank=True)
+    is_activated = models.BooleanField(default=False)
+    is_archived = models.BooleanField(default=False)
+    authorization_revoked = models.BooleanField(default=False)
+    authorization_expired = models.BooleanField(default=False)
+    raw = models.JSONField(default=dict, blank=True, help_text="The vendor's object, as synced.")
+    synced_at = models.DateTimeField()
+    last_request = models.ForeignKey(
+        CollectionRequest, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["uid"]
+
+    def __str__(self) -> str:
+        return self.uid
+
+    @property
+    def collectable(self) -> bool:
+        return not (self.authorization_revoked or self.authorization_expired or self.is_archived)

@@ -1,0 +1,1 @@
+"""The meter registry's admin (synced meters, bulk trigger)."""
