@@ -33,6 +33,7 @@ ALLOWED_TRANSITIONS = {
     (Status.FAILED, Status.SUBMITTED),  # an operator retries it
 }
 SWEEP_BATCH = 5000
+LOOKAHEAD = 100  # due rows looked at past the meter budget, for smaller ones that still fit
 
 
 class TransitionError(Exception):
@@ -250,7 +251,7 @@ def _companions(due: Any, own: CollectionRequest) -> list[Any]:
         due.filter(collection_duration=own.collection_duration)
         .order_by("next_attempt_at")
         .select_for_update(skip_locked=True)
-        .values_list("pk", "meters")[:room]
+        .values_list("pk", "meters")[: room + LOOKAHEAD]
     )
     picked = []
     for pk, meters in rows:

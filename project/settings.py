@@ -114,6 +114,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 LOGIN_URL = "admin:login"
+WHITENOISE_USE_FINDERS = DEBUG  # `make run` serves admin assets without collectstatic too
 
 # Production hardening: `manage.py check --deploy` is clean when DJANGO_DEBUG=0.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -69,14 +69,34 @@ class Worker:
     def __init__(self, env: dict[str, str], concurrency: int = 4) -> None:
         self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
         self.log = Path(tempfile.mkstemp(prefix="celery-worker-", suffix=".log")[1])
-        cmd = [sys.executable, "-m", "celery", "-A", "project", "worker", "--pool", "threads",
-               "--concurrency", str(concurrency), "--hostname", self.name, "--loglevel", "INFO",
-               "--without-gossip", "--without-mingle", "--without-heartbeat"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "project",
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(concurrency),
+            "--hostname",
+            self.name,
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
         with self.log.open("wb") as out:
             self.process = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                cmd,
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         wait_until(self._ready, timeout=30, interval=0.1)
 
     def _ready(self) -> bool:

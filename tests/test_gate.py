@@ -1,0 +1,80 @@
+"""The fleet gate in real Redis: slot spacing, pauses, the measured call rate."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any
+
+import pytest
+
+from collections_app import gate
+
+
+@pytest.fixture(autouse=True)
+def clean(redis_db: Any, settings: Any) -> None:
+    settings.UTILITYAPI_RATE_LIMIT = 50
+    settings.UTILITYAPI_RATE_HEADROOM = 0.0
+
+
+def test_slots_are_spaced_one_interval_apart() -> None:
+    waits = [gate.reserve(max_wait=5).wait for _ in range(10)]
+    assert waits[0] == pytest.approx(0, abs=0.005)
+    gaps = [b - a for a, b in itertools.pairwise(waits)]
+    assert all(gap == pytest.approx(0.02, abs=0.004) for gap in gaps), gaps
+
+
+def test_headroom_widens_the_spacing(settings: Any) -> None:
+    settings.UTILITYAPI_RATE_HEADROOM = 0.5
+    gate.reserve()
+    assert gate.reserve().wait == pytest.approx(0.04, abs=0.005)
+
+
+def test_a_slot_beyond_max_wait_is_refused_and_not_taken() -> None:
+    for _ in range(5):
+        gate.reserve(max_wait=1)
+    refused = gate.reserve(max_wait=0.05)
+    assert not refused.granted and not refused.paused and refused.wait > 0.05
+    assert gate.reserve(max_wait=1).wait == pytest.approx(refused.wait, abs=0.01)
+
+
+def test_concurrent_callers_never_share_a_slot() -> None:
+    waits: list[float] = []
+
+    def take() -> None:
+        for _ in range(20):
+            waits.append(gate.reserve(max_wait=10).wait)
+
+    threads = [threading.Thread(target=take) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(waits) == 100
+    # 100 slots at 50/s need ~2 s; reserved from a shared clock they cannot overlap.
+    assert max(waits) >= 1.9
+
+
+def test_a_pause_stops_everyone_and_says_why() -> None:
+    gate.pause("throttle", 3, "429 from UtilityAPI: Retry-After 3s")
+    refused = gate.reserve()
+    assert not refused.granted and refused.paused
+    assert 2.5 < refused.wait <= 3
+    assert 2.5 < gate.paused_for() <= 3
+    (pause,) = gate.pauses()
+    assert pause.kind == "throttle" and "Retry-After 3s" in pause.reason
+    gate.clear_pause("throttle")
+    assert gate.reserve().granted and gate.paused_for() == 0
+
+
+def test_a_shorter_pause_does_not_cut_a_longer_one() -> None:
+    gate.pause("account", 60, "402 payment_required")
+    gate.pause("account", 1, "later, shorter")
+    (pause,) = gate.pauses()
+    assert pause.reason == "402 payment_required" and gate.paused_for() > 50
+
+
+def test_call_rate_counts_recent_calls() -> None:
+    for _ in range(30):
+        gate.record_call()
+    assert gate.call_rate(window=60) == pytest.approx(0.5)
