@@ -22,7 +22,7 @@ class AttemptInline(admin.TabularInline):
     model = Attempt
     extra = 0
     can_delete = False
-    fields = [
+    fields = (
         "started",
         "status_code",
         "duration_ms",
@@ -31,7 +31,7 @@ class AttemptInline(admin.TabularInline):
         "error_description",
         "batch_size",
         "task_link",
-    ]
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
@@ -92,7 +92,7 @@ class CollectionRequestAdmin(admin.ModelAdmin):
         "updated",
     ]
 
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return self.fields
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> Any:

@@ -51,15 +51,18 @@ class SandboxState:
             self.window: deque[float] = deque()
             self.blocked_until = 0.0
             self.triggered: dict[str, float] = {}
+            self.revoked_authorizations: set[str] = set()  # revoked later, by a test
 
     # --- the registry ---------------------------------------------------------------------
     def meter(self, i: int) -> dict[str, Any]:
         auth = i // 10
-        revoked, expired = auth % 20 == 19, auth % 20 == 18
+        auth_uid = str(5000 + auth)
+        revoked = auth % 20 == 19 or auth_uid in self.revoked_authorizations
+        expired = auth % 20 == 18
         uid = str(100000 + i)
         return {
             "uid": uid,
-            "authorization_uid": str(5000 + auth),
+            "authorization_uid": auth_uid,
             "utility": UTILITIES[auth % len(UTILITIES)],
             "status": "pending" if uid in self.triggered else "updated",
             "status_message": "",
@@ -227,6 +230,9 @@ class Handler(BaseHTTPRequestHandler):
         elif action == "script":
             with state.lock:
                 state.script.extend(data.get("responses", []))
+        elif action == "revoke":
+            with state.lock:
+                state.revoked_authorizations.update(map(str, data.get("authorizations", [])))
         elif action == "config":
             for key in ("rate", "latency_ms", "token"):
                 if key in data:
@@ -314,7 +320,7 @@ class SandboxServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}/api/v2"
+        return f"http://{host!s}:{port}/api/v2"
 
     def start_in_thread(self) -> threading.Thread:
         thread = threading.Thread(target=self.serve_forever, name="utilityapi-sandbox", daemon=True)

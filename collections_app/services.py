@@ -431,8 +431,11 @@ def _save_and_schedule(batch: Sequence[CollectionRequest], fields: list[str]) ->
     )
     # One countdown for the rows due within the broker horizon: the latest of them, so that
     # when it arrives they are all due and one claim takes them together.
-    horizon = settings.COLLECTIONS_BROKER_COUNTDOWN_MAX_SECONDS
-    soon = [r for r in later if (r.next_attempt_at - now).total_seconds() <= horizon]
+    waits = {r.pk: ((r.next_attempt_at or now) - now).total_seconds() for r in later}
+    soon = [
+        pk
+        for pk, wait in waits.items()
+        if wait <= settings.COLLECTIONS_BROKER_COUNTDOWN_MAX_SECONDS
+    ]
     if soon:
-        wait = max((r.next_attempt_at - now).total_seconds() for r in soon)
-        _dispatch_on_commit([r.pk for r in soon], countdown=max(wait, 0.001))
+        _dispatch_on_commit(soon, countdown=max(max(waits[pk] for pk in soon), 0.001))

@@ -150,6 +150,13 @@ COLLECTIONS_COALESCE_WINDOW_MS = env_int("COLLECTIONS_COALESCE_WINDOW_MS", 20)
 COLLECTIONS_MAX_METERS_PER_REQUEST = env_int("COLLECTIONS_MAX_METERS_PER_REQUEST", 1000, minimum=1)
 # Waits up to this long are carried by the broker (a countdown); longer ones by the sweep.
 COLLECTIONS_BROKER_COUNTDOWN_MAX_SECONDS = env_int("COLLECTIONS_BROKER_COUNTDOWN_MAX_SECONDS", 60)
+# On-demand prices per meter in USD, for the admin's cost estimate (collections_app/pricing.py):
+# 1–7 months PER_MONTH each; 8–12 months FLAT_12; 13–36 months FLAT_12 + PER_MONTH past 12.
+COLLECTIONS_PRICE_PER_MONTH = env_float("COLLECTIONS_PRICE_PER_MONTH", 1.50)
+COLLECTIONS_PRICE_FLAT_12 = env_float("COLLECTIONS_PRICE_FLAT_12", 12.00)
+
+# --- Meter registry (docs/meters.md) ----------------------------------------------------------
+METERS_SYNC_INTERVAL_SECONDS = env_int("METERS_SYNC_INTERVAL_SECONDS", 3600, minimum=1)
 
 # --- Celery (https://docs.celeryq.dev/en/stable/userguide/configuration.html) -----------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
@@ -179,6 +186,13 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-collection-requests": {
         "task": "collections_app.tasks.sweep",
         "schedule": float(COLLECTIONS_SWEEP_INTERVAL_SECONDS),
+    },
+    "sync-meters": {
+        "task": "collections_app.tasks.sync_meters",
+        "schedule": float(METERS_SYNC_INTERVAL_SECONDS),
+        # A sync still queued when the next one is due is dropped, not piled up
+        # (https://docs.celeryq.dev/en/stable/userguide/calling.html#expiration).
+        "options": {"expires": float(METERS_SYNC_INTERVAL_SECONDS)},
     },
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
