@@ -13,7 +13,8 @@ from django.utils.html import format_html
 
 from . import selectors, services
 from .forms import CollectionRequestForm
-from .models import Attempt, CollectionRequest, Source, Status
+from .api import tokens
+from .models import ApiToken, Attempt, CollectionRequest, Source, Status
 
 TRIGGER_PERMISSION = "collections_app.trigger_collection"
 
@@ -162,6 +163,27 @@ class CollectionRequestAdmin(admin.ModelAdmin):
             **(extra_context or {}),
         }
         return TemplateResponse(request, "collections_app/admin_add.html", context)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are issued by `manage.py create_api_token` (shown once); here they are listed
+    and revoked."""
+
+    list_display = ["prefix", "name", "user", "created", "last_used_at", "revoked_at"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["prefix", "name", "user__username"]
+    readonly_fields = ["prefix", "name", "user", "created", "last_used_at", "revoked_at"]
+    fields = readonly_fields
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Revoke selected tokens", permissions=["change"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet) -> None:
+        count = tokens.revoke(queryset)
+        self.message_user(request, f"{count} token(s) revoked.", messages.SUCCESS)
 
 
 from . import admin_meters  # noqa: E402, F401  (the meter registry's admin)

@@ -1,1 +1,239 @@
-"""The meter registry's admin (synced meters, bulk trigger)."""
+"""The meter registry's admin: synced meters, read-only, with a bulk "Trigger historical
+collection" action that goes through a confirmation page (Django's intermediate-page action
+pattern: the page re-posts the selection to the changelist with the action's own fields).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.exceptions import ValidationError
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django.utils.html import format_html, format_html_join
+
+from . import meters, pricing
+from .models import Meter
+from .validation import clean_duration
+
+TRIGGER_PERMISSION = "collections_app.trigger_collection"
+CONFIRM, ESTIMATE = "confirm", "estimate"  # the confirmation page's two submit buttons
+BADGE = '<span style="background:{};color:#fff;border-radius:4px;padding:1px 6px">{}</span>'
+BADGE_COLOURS = {"revoked": "#ba2121", "expired": "#c86400", "archived": "#666"}
+
+
+class TriggerForm(forms.Form):
+    """The confirmation page's input; `expected` and `shown_at` echo what the page showed."""
+
+    collection_duration = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=36,
+        label="Months to collect",
+        help_text="1–36. Empty: the account's default (12 or 36 months).",
+        widget=forms.NumberInput(attrs={"min": 1, "max": 36, "style": "width:6em"}),
+    )
+    expected = forms.IntegerField(min_value=0, widget=forms.HiddenInput)
+    shown_at = forms.CharField(widget=forms.HiddenInput)
+
+    def clean_collection_duration(self) -> int | None:
+        """The service's own rule (validation.clean_duration), on top of the field's."""
+        try:
+            return clean_duration(self.cleaned_data.get("collection_duration"))
+        except ValidationError as err:
+            raise forms.ValidationError(err.message_dict["collection_duration"]) from err
+
+    def clean_shown_at(self) -> datetime:
+        parsed = parse_datetime(self.cleaned_data["shown_at"])
+        if parsed is None or parsed.tzinfo is None:
+            raise forms.ValidationError("The confirmation page is damaged: open it again.")
+        return parsed
+
+
+class CollectableFilter(admin.SimpleListFilter):
+    title = "collectable"
+    parameter_name = "collectable"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", "Yes"), ("no", "No: revoked, expired or archived")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() == "yes":
+            return queryset.filter(meters.COLLECTABLE)
+        if self.value() == "no":
+            return queryset.exclude(meters.COLLECTABLE)
+        return queryset
+
+
+@admin.register(Meter)
+class MeterAdmin(admin.ModelAdmin):
+    list_display = [
+        "uid",
+        "utility",
+        "authorization_uid",
+        "vendor_status",
+        "flags",
+        "last_request_link",
+        "synced_at",
+    ]
+    list_filter = [
+        CollectableFilter,
+        "authorization_revoked",
+        "authorization_expired",
+        "is_archived",
+        "is_activated",
+        "vendor_status",
+        "utility",
+        ("last_request__status", admin.AllValuesFieldListFilter),
+        "synced_at",
+    ]
+    search_fields = ["uid", "authorization_uid"]  # exact; see get_search_results
+    search_help_text = "Meter or authorization uids (exact); several separated by spaces or commas."
+    list_select_related = ["last_request"]
+    list_per_page = 100
+    show_full_result_count = False
+    actions = ["trigger_collection"]
+    fields = (
+        "uid",
+        "authorization_uid",
+        "utility",
+        "vendor_status",
+        "status_message",
+        "is_activated",
+        "is_archived",
+        "authorization_revoked",
+        "authorization_expired",
+        "last_request_link",
+        "synced_at",
+        "raw_json",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # meters come from UtilityAPI (manage.py sync_meters)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_trigger_permission(self, request: HttpRequest) -> bool:
+        """Collections cost money: the action needs the custom permission."""
+        return request.user.has_perm(TRIGGER_PERMISSION)
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> Any:
+        """Exact uids, meter or authorization, any number of them (pasted lists work)."""
+        terms = [t for t in re.split(r"[\s,]+", search_term) if t]
+        if not terms:
+            return queryset, False
+        return queryset.filter(Q(uid__in=terms) | Q(authorization_uid__in=terms)), False
+
+    @admin.display(description="authorization")
+    def flags(self, meter: Meter) -> str:
+        """Badges for what keeps the meter from being collected; "ok" when nothing does."""
+        names = [
+            name
+            for name, on in [
+                ("revoked", meter.authorization_revoked),
+                ("expired", meter.authorization_expired),
+                ("archived", meter.is_archived),
+            ]
+            if on
+        ]
+        if not names:
+            return format_html('<span style="color:{}">ok</span>', "#2a7a2a")
+        return format_html_join(" ", BADGE, ((BADGE_COLOURS[n], n) for n in names))
+
+    @admin.display(description="last collection request", ordering="last_request__created")
+    def last_request_link(self, meter: Meter) -> str:
+        request = meter.last_request
+        if request is None:
+            return "-"
+        url = reverse("admin:collections_app_collectionrequest_change", args=[request.pk])
+        when = f"{request.created:%Y-%m-%d %H:%M}"
+        return format_html('<a href="{}">{} · {}</a>', url, request.status, when)
+
+    @admin.display(description="vendor object")
+    def raw_json(self, meter: Meter) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(meter.raw, indent=2, sort_keys=True))
+
+    @admin.action(description="Trigger historical collection", permissions=["trigger"])
+    def trigger_collection(self, request: HttpRequest, queryset: QuerySet) -> Any:
+        """From the changelist: show the confirmation page. Its "estimate" button shows it
+        again with the cost of the typed duration; "confirm" creates the requests and returns
+        to the changelist, or shows the page again with what stopped it."""
+        posted = CONFIRM in request.POST or ESTIMATE in request.POST
+        form = TriggerForm(request.POST if posted else None)
+        if CONFIRM in request.POST and form.is_valid() and self._trigger(request, queryset, form):
+            return None  # the admin redirects back to the changelist
+        return self._confirmation_page(request, queryset, form)
+
+    def _trigger(self, request: HttpRequest, queryset: QuerySet, form: TriggerForm) -> bool:
+        """Create the requests; False (the reason added to the form) when nothing was."""
+        data = form.cleaned_data
+        try:
+            created = meters.trigger(
+                queryset,
+                data["collection_duration"],
+                requested_by=request.user,
+                expected=data["expected"],
+                shown_at=data["shown_at"],
+            )
+        except meters.TriggerConflict as err:
+            form.add_error(None, str(err))
+            return False
+        count = sum(len(r.meters) for r in created)
+        self.message_user(
+            request,
+            f"{len(created)} collection request(s) created for {count} meter(s); "
+            "they are sent in the background.",
+            messages.SUCCESS,
+        )
+        return True
+
+    def _confirmation_page(
+        self, request: HttpRequest, queryset: QuerySet, form: TriggerForm
+    ) -> TemplateResponse:
+        plan = meters.plan(queryset)
+        duration = None
+        if form.is_bound and "collection_duration" not in form.errors:  # validates the form
+            duration = form.cleaned_data.get("collection_duration")
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Trigger historical collection",
+            "opts": self.model._meta,
+            "form": form,
+            "plan": plan,
+            "batch_size": meters.batch_size(),
+            "estimate": pricing.estimate(plan.collectable, duration),
+            "prices": _price_table(),
+            "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
+            "select_across": request.POST.get("select_across", "0"),
+            "action_name": "trigger_collection",
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            "shown_at": timezone.now().isoformat(),
+            "back_url": request.get_full_path(),
+        }
+        return TemplateResponse(request, "collections_app/meter_trigger_confirmation.html", context)
+
+
+def _price_table() -> list[tuple[str, str]]:
+    """The configured price table, as the confirmation page states it (per meter)."""
+    prices = pricing.Prices.from_settings()
+    usd = pricing.format_usd
+    return [
+        ("1–7 months", f"{usd(prices.per_month)} a month"),
+        ("8–12 months", f"{usd(prices.flat_12)} flat"),
+        ("13–36 months", f"{usd(prices.flat_12)} + {usd(prices.per_month)} a month past 12"),
+    ]

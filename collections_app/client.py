@@ -31,6 +31,7 @@ MAX_RETRY_AFTER = 3600.0  # a Retry-After further out than this is treated as th
 TRANSIENT_STATUSES = {408, 502, 503, 504}
 ACCOUNT_STATUSES = {401, 402}
 BODY_EXCERPT = 300
+DESCRIPTION_MAX = 2000  # characters of the vendor's error_description kept
 
 
 @dataclass(frozen=True)
@@ -72,9 +73,17 @@ def _json_object(response: requests.Response) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
+def _storable(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, without what PostgreSQL cannot keep in a text column
+    (NUL, and lone surrogates, which escaped JSON may carry): a vendor's answer must never
+    make the recording of its outcome fail."""
+    text = text[:limit].replace("\x00", "\ufffd")
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _excerpt(response: requests.Response) -> str:
     text = response.content[:BODY_EXCERPT].decode("utf-8", "replace")
-    return " ".join(text.split())
+    return _storable(" ".join(text.split()), BODY_EXCERPT)
 
 
 def _vendor_error(response: requests.Response) -> tuple[str, str]:
@@ -88,7 +97,7 @@ def _vendor_error(response: requests.Response) -> tuple[str, str]:
     if not isinstance(description, str) or not description.strip():
         excerpt = _excerpt(response)
         description = f"{fallback}: {excerpt}" if excerpt else f"{fallback} with an empty body"
-    return error[:64], description
+    return _storable(error, 64), _storable(description, DESCRIPTION_MAX)
 
 
 def _accepted(response: requests.Response) -> Accepted:

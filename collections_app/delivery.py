@@ -8,8 +8,10 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, close_old_connections
 from django.utils import timezone
 
 from . import gate, services
@@ -24,17 +26,13 @@ def deliver(request_id: str, task_id: str = "") -> str:
     """Look at one request: send it if it is due and nobody else holds it. Safe to run twice
     for the same request: the claim (a lease on the row) lets only one run POST."""
     get_client()  # a configuration error surfaces before anything is claimed
-    row = CollectionRequest.objects.filter(pk=request_id).only("status", "next_attempt_at").first()
+    row = CollectionRequest.objects.filter(pk=request_id).first()
     if row is None or row.status != Status.SUBMITTED:
         return "nothing to do"
-    paused = gate.paused_for()
-    batch = services.claim(request_id, task_id)
+    batch = services.claim(request_id, task_id, row=row)
     if not batch:
         return "not due, or held by another worker"
-    if paused:
-        services.defer(batch, paused)
-        return f"paused for {paused:.1f}s"
-    return send(batch, task_id)
+    return send(batch, task_id)  # during a pause, the gate refuses a slot and send defers
 
 
 def send(batch: Sequence[CollectionRequest], task_id: str) -> str:
@@ -50,14 +48,33 @@ def send(batch: Sequence[CollectionRequest], task_id: str) -> str:
         return f"paused for {paused:.1f}s"
     services.renew(batch)
     outcome, call = _post(batch, task_id)
-    _pause_fleet_if_needed(outcome)
+    _pause_fleet_if_needed(outcome)  # first: the other workers' next check must see it
+    gate.record_call()
     if _must_split(batch, outcome):
         assert isinstance(outcome, UtilityAPIError)
-        services.record_split(batch, outcome, call)
+        _record(services.record_split, batch, outcome, call)
         middle = len(batch) // 2
         return "; ".join(send(half, task_id) for half in (batch[:middle], batch[middle:]))
-    services.record_outcome(batch, outcome, call)
+    _record(services.record_outcome, batch, outcome, call)
     return _summary(batch, outcome)
+
+
+def _record(record: Any, *args: Any) -> None:
+    """Record what a POST answered. The POST cannot be taken back: if the database blinks
+    (a restart, a failover), wait for it within the lease's margin instead of losing the
+    answer, which would have the sweep send the request again (a second paid trigger)."""
+    deadline = time.monotonic() + settings.COLLECTIONS_LEASE_MARGIN_SECONDS * 0.8
+    wait = 0.2
+    while True:
+        try:
+            return record(*args)
+        except (OperationalError, InterfaceError) as err:
+            if time.monotonic() + wait > deadline:
+                raise
+            log.warning("database unavailable (%s): recording again in %.1fs", err, wait)
+            close_old_connections()  # a broken connection is dropped; the next query reconnects
+            time.sleep(wait)
+            wait = min(wait * 2, 2.0)
 
 
 def _post(
@@ -71,7 +88,6 @@ def _post(
     except UtilityAPIError as err:
         outcome = err
     elapsed = int((time.monotonic() - clock) * 1000)
-    gate.record_call()
     return outcome, services.Call(uuid.uuid4(), started, elapsed, task_id)
 
 

@@ -11,6 +11,7 @@ showing the vendor more than its limit in any one-second window. Clocks come fro
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from functools import cache
 import redis
 from django.conf import settings
 
+log = logging.getLogger(__name__)
 PREFIX = "collections:uapi:"
 SLOT_KEY = PREFIX + "next_slot_us"
 PAUSE_KEYS = {"throttle": PREFIX + "pause:throttle", "account": PREFIX + "pause:account"}
@@ -86,14 +88,21 @@ def paused_for() -> float:
 
 
 def pause(kind: str, seconds: float, reason: str) -> None:
-    """Stop every worker calling for `seconds`; an existing longer pause is kept."""
+    """Stop every worker calling for `seconds`; an existing longer pause is kept.
+
+    Called after a POST, before its outcome is recorded: a Redis error is logged, never
+    raised, so that the answer UtilityAPI gave is not lost with it (without Redis no worker
+    gets a send slot anyway)."""
     if seconds <= 0:
         return
     key, ms = PAUSE_KEYS[kind], max(1, int(seconds * 1000))
     value = json.dumps({"until": time.time() + seconds, "reason": reason})
-    r = connection()
-    if r.pttl(key) < ms:
-        r.set(key, value, px=ms)
+    try:
+        r = connection()
+        if r.pttl(key) < ms:
+            r.set(key, value, px=ms)
+    except redis.RedisError as err:
+        log.error("cannot store the %s pause in Redis (%s): %s", kind, type(err).__name__, reason)
 
 
 def clear_pause(kind: str) -> None:
@@ -111,12 +120,17 @@ def pauses() -> list[Pause]:
 
 
 def record_call() -> None:
-    """Note that a POST went out now (kept for five minutes, for the measured call rate)."""
+    """Note that a POST went out now (kept for five minutes, for the measured call rate).
+    Only the dashboard reads it: a Redis error is logged, never raised, so that the outcome
+    of the POST is still recorded."""
     now = time.time()
-    pipe = connection().pipeline()
-    pipe.zadd(CALLS_KEY, {uuid.uuid4().hex: now})
-    pipe.zremrangebyscore(CALLS_KEY, 0, now - 300)
-    pipe.execute()
+    try:
+        pipe = connection().pipeline()
+        pipe.zadd(CALLS_KEY, {uuid.uuid4().hex: now})
+        pipe.zremrangebyscore(CALLS_KEY, 0, now - 300)
+        pipe.execute()
+    except redis.RedisError as err:
+        log.warning("cannot count the call in Redis: %s", type(err).__name__)
 
 
 def call_rate(window: float = 60.0) -> float:

@@ -17,6 +17,7 @@ import json
 import math
 import re
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -316,6 +317,11 @@ class SandboxServer(ThreadingHTTPServer):
         self.state = state
         self.verbose = verbose
         super().__init__((host, port), Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A caller that hung up (timed out, or killed by a fault test) is no server error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:

@@ -6,6 +6,7 @@ recording of what one POST answered. The send pipeline itself is in delivery.py.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import Iterable, Sequence
@@ -21,6 +22,7 @@ from django.utils import timezone
 from .client import Accepted
 from .exceptions import PermanentError, Throttled, UtilityAPIError
 from .models import Attempt, CollectionRequest, Source, Status
+from .ops import heartbeat
 from .validation import clean_duration, clean_meters, invalid
 
 log = logging.getLogger(__name__)
@@ -206,7 +208,9 @@ def sweep() -> dict[str, int]:
     sent = dispatch(ids) if ids else 0
     if ids:
         log.info("sweep: %d orphaned, %d re-dispatched", len(orphaned), sent)
-    return {"orphaned": len(orphaned), "dispatched": sent}
+    result = {"orphaned": len(orphaned), "dispatched": sent}
+    heartbeat.record_sweep(result)  # the dashboard's "sweep last ran"
+    return result
 
 
 # --- claims and outcomes ----------------------------------------------------------------------
@@ -220,27 +224,39 @@ def lease_seconds() -> float:
     )
 
 
-def claim(request_id: Any, task_id: str) -> list[CollectionRequest]:
+def claim(
+    request_id: Any, task_id: str, row: CollectionRequest | None = None
+) -> list[CollectionRequest]:
     """Lease the request if it is due and free, with the due, free requests of the same
-    duration that fit in one POST (coalescing). Empty when another worker has it."""
+    duration that fit in one POST (coalescing). Empty when another worker has it.
+
+    `row` is the request as the caller has just read it. The lease is taken only if the row
+    has not been saved since (same `updated`), so the batch needs no second read; without
+    companions (coalescing off) the claim is a single UPDATE."""
     import uuid
 
+    own = row or CollectionRequest.objects.filter(pk=request_id).first()
+    if own is None:
+        return []
     now = timezone.now()
-    token = uuid.uuid4()
     lease = {
-        "lease_token": token,
+        "lease_token": uuid.uuid4(),
         "lease_expires_at": now + timedelta(seconds=lease_seconds()),
         "task_id": task_id,
     }
     free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
     due = CollectionRequest.objects.filter(free, status=Status.SUBMITTED, next_attempt_at__lte=now)
-    with transaction.atomic():
-        if not due.filter(pk=request_id).update(**lease):
+    coalescing = settings.COLLECTIONS_BATCH_MAX_METERS > len(own.meters)
+    with transaction.atomic() if coalescing else contextlib.nullcontext():
+        if not due.filter(pk=own.pk, updated=own.updated).update(**lease):
             return []
-        own = CollectionRequest.objects.get(pk=request_id)
-        companions = _companions(due.exclude(pk=request_id), own)
+        companions = _companions(due.exclude(pk=own.pk), own) if coalescing else []
         due.filter(pk__in=companions).update(**lease)
-    return list(CollectionRequest.objects.filter(lease_token=token).order_by("created"))
+    batch = [own, *CollectionRequest.objects.filter(pk__in=companions)] if companions else [own]
+    for request in batch:
+        for name, value in lease.items():
+            setattr(request, name, value)
+    return sorted(batch, key=lambda request: request.created)
 
 
 def _companions(due: Any, own: CollectionRequest) -> list[Any]:
@@ -262,10 +278,19 @@ def _companions(due: Any, own: CollectionRequest) -> list[Any]:
 
 
 def renew(batch: Sequence[CollectionRequest]) -> None:
-    until = timezone.now() + timedelta(seconds=lease_seconds())
+    """Make the lease cover the POST about to start. A lease taken moments ago still covers
+    it with most of its margin: then nothing is written (the common case, one query saved)."""
+    now = timezone.now()
+    until = now + timedelta(seconds=lease_seconds())
+    held = batch[0].lease_expires_at
+    spare = timedelta(seconds=settings.COLLECTIONS_LEASE_MARGIN_SECONDS / 2)
+    if held is not None and held >= until - spare:
+        return
     CollectionRequest.objects.filter(
         pk__in=[r.pk for r in batch], lease_token=batch[0].lease_token
     ).update(lease_expires_at=until)
+    for request in batch:
+        request.lease_expires_at = until
 
 
 def defer(batch: Sequence[CollectionRequest], seconds: float) -> None:
@@ -274,7 +299,8 @@ def defer(batch: Sequence[CollectionRequest], seconds: float) -> None:
     for request in batch:
         current = request.next_attempt_at or when
         transition(request, Status.SUBMITTED, next_attempt_at=max(when, current))
-    _save_and_schedule(batch, ["next_attempt_at"])
+    with transaction.atomic():
+        _save_and_schedule(batch, ["next_attempt_at"])
 
 
 @dataclass(frozen=True)
@@ -416,9 +442,35 @@ def backoff(attempts: int) -> float:
     return step / 2 + random.uniform(0, step / 2)
 
 
+def _still_held(batch: Sequence[CollectionRequest]) -> list[CollectionRequest]:
+    """The rows of `batch` still leased to it, locked until the caller's transaction ends.
+    A worker that outlived its lease (frozen, or slower than its timeouts) finds its rows
+    taken over by the sweep and another worker: their newer state must stand."""
+    token = batch[0].lease_token if batch else None
+    held = set(
+        CollectionRequest.objects.select_for_update()
+        .filter(pk__in=[r.pk for r in batch], lease_token=token)
+        .values_list("pk", flat=True)
+    )
+    if len(held) < len(batch):
+        log.warning("lease lost: %d stale outcome(s) not saved", len(batch) - len(held))
+    return [r for r in batch if r.pk in held]
+
+
+def _update_rows(batch: Sequence[CollectionRequest], fields: list[str]) -> None:
+    """Write `fields` of the batch's rows. bulk_update builds a CASE per field and row; a
+    single row (every send when coalescing is off) takes a plain UPDATE, far less ORM work."""
+    if len(batch) == 1:
+        row = batch[0]
+        CollectionRequest.objects.filter(pk=row.pk).update(**{f: getattr(row, f) for f in fields})
+    else:
+        CollectionRequest.objects.bulk_update(batch, fields)
+
+
 def _save_and_schedule(batch: Sequence[CollectionRequest], fields: list[str]) -> None:
     """Save the batch, free its lease, and make sure each still-submitted row is looked at
     again when due: by a broker countdown for short waits, by the sweep for long ones."""
+    batch = _still_held(batch)
     now = timezone.now()
     for request in batch:
         request.lease_token = request.lease_expires_at = None
@@ -426,9 +478,7 @@ def _save_and_schedule(batch: Sequence[CollectionRequest], fields: list[str]) ->
     later = [r for r in batch if r.status == Status.SUBMITTED]
     for request in later:
         request.dispatched_at = None  # the sweep's job unless a countdown is sent below
-    CollectionRequest.objects.bulk_update(
-        batch, [*fields, "lease_token", "lease_expires_at", "dispatched_at", "updated"]
-    )
+    _update_rows(batch, [*fields, "lease_token", "lease_expires_at", "dispatched_at", "updated"])
     # One countdown for the rows due within the broker horizon: the latest of them, so that
     # when it arrives they are all due and one claim takes them together.
     waits = {r.pk: ((r.next_attempt_at or now) - now).total_seconds() for r in later}

@@ -8,7 +8,7 @@ database restarting), with a short backoff.
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from . import delivery, services
+from . import delivery, meters, services
 
 INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, ConnectionError)
 
@@ -31,3 +31,17 @@ def send_collection(self, request_id: str) -> str:
 def sweep() -> dict[str, int]:
     """Periodic (beat): free rows of dead workers and re-dispatch forgotten due rows."""
     return services.sweep()
+
+
+# A sync reads every page of GET /meters (1000 meters a page), longer than the default limit.
+@shared_task(
+    autoretry_for=INFRASTRUCTURE_ERRORS,
+    retry_backoff=5,
+    max_retries=3,
+    soft_time_limit=1800,
+    time_limit=1860,
+)
+def sync_meters() -> dict[str, int]:
+    """Periodic (beat): refresh the meter registry from UtilityAPI; returns the counts.
+    UtilityAPI's errors are not retried here: the next scheduled run tries again."""
+    return meters.sync_meters().as_dict()

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 UID_MAX_LENGTH = 64
-_BAD_UID_CHARS = re.compile(r"[\s\x00-\x1f\x7f]")
+_BAD_UID_CHARS = re.compile(r"[\s\x00-\x1f\x7f\ud800-\udfff]")  # lone surrogates: not text
 
 
 def invalid(field: str, message: str, code: str = "invalid_param") -> ValidationError:

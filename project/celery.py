@@ -5,11 +5,27 @@ Configuration lives in Django settings under the CELERY_ namespace
 """
 
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
 app = Celery("project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@task_prerun.connect
+@task_postrun.connect
+def reuse_db_connections(sender: Any = None, **kwargs: Any) -> None:
+    """Between tasks, treat a worker thread's database connection as Django treats a web
+    thread's between requests: keep it unless broken or older than CONN_MAX_AGE, and health
+    check it before reuse. (Celery's Django fixup would open a new PostgreSQL connection for
+    every task; CELERY_DB_REUSE_MAX in settings leaves the job to this.)"""
+    if sender is None or getattr(sender.request, "is_eager", False):
+        return  # an eager task runs inside its caller's connection and transaction
+    from django.db import close_old_connections
+
+    close_old_connections()

@@ -166,6 +166,11 @@ CELERY_CACHE_BACKEND = "django-cache"
 CELERY_TASK_ACKS_LATE = True  # a message is acknowledged only when its task has finished...
 CELERY_TASK_REJECT_ON_WORKER_LOST = True  # ...and redelivered if the worker died running it
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fixup closes the database connection around every task, so each task paid
+# for a new PostgreSQL connection (docs/benchmarks.md: about half the worker's CPU per send).
+# With this it closes a thread's connection only every 1,000 tasks, and project/celery.py closes
+# broken or CONN_MAX_AGE-old ones between tasks, as Django does between web requests.
+CELERY_DB_REUSE_MAX = 1000
 CELERY_TASK_TIME_LIMIT = 120
 CELERY_TASK_SOFT_TIME_LIMIT = 100
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -230,3 +235,19 @@ COLLECTIONS_LEASE_MARGIN_SECONDS = env_int("COLLECTIONS_LEASE_MARGIN_SECONDS", 3
 # A worker sleeps for its rate-limit slot when it comes within this many seconds; a later slot
 # sends the row back through the broker instead of holding a worker thread.
 COLLECTIONS_SLOT_MAX_WAIT_SECONDS = env_float("COLLECTIONS_SLOT_MAX_WAIT_SECONDS", 2)
+
+# --- Ops dashboard (/ops/, /ops/metrics.json, /metrics; see docs/dashboard.md) -----------------
+# The oldest `submitted` request turns the stalls panel amber past this age.
+OPS_STALL_WARNING_SECONDS = env_int(
+    "OPS_STALL_WARNING_SECONDS", COLLECTIONS_STUCK_AFTER_SECONDS, minimum=1
+)
+# Timeout of each machinery probe (Redis, worker ping): a dead part shows red this fast.
+OPS_PROBE_TIMEOUT_SECONDS = env_float("OPS_PROBE_TIMEOUT_SECONDS", 0.5, minimum=0.05)
+OPS_REFRESH_SECONDS = env_int("OPS_REFRESH_SECONDS", 5, minimum=1)
+# /metrics answers a bearer of this token, or a staff session; unset, staff sessions only.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+
+# --- JSON API (docs/api.md) -------------------------------------------------------------------
+# Bodies larger than this are refused with 413 before they are read.
+COLLECTIONS_API_MAX_BODY_BYTES = env_int("COLLECTIONS_API_MAX_BODY_BYTES", 256 * 1024, minimum=1)
+COLLECTIONS_API_PAGE_SIZE = env_int("COLLECTIONS_API_PAGE_SIZE", 50, minimum=1)

@@ -119,3 +119,16 @@ def test_list_says_why_calls_are_paused(client: Any, operator: Any, redis_db: An
     gate.pause("account", 60, "402 payment_required: add funds")
     html = client.get(LIST).content.decode()
     assert "UtilityAPI account unusable" in html and "add funds" in html
+
+
+def test_api_tokens_are_revoked_from_the_admin(admin_client: Any, django_user_model: Any) -> None:
+    from collections_app.api import tokens
+
+    user = django_user_model.objects.create_user("app")
+    token, raw = tokens.issue(user, "web app")
+    assert tokens.authenticate(raw) is not None
+    url = reverse("admin:collections_app_apitoken_changelist")
+    page = admin_client.get(url).content.decode()
+    assert token.prefix in page and raw not in page
+    admin_client.post(url, {"action": "revoke", "_selected_action": [token.pk]})
+    assert tokens.authenticate(raw) is None

@@ -1,0 +1,199 @@
+"""The JSON API: trigger a collection, read one, list them (docs/api.md)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest, JsonResponse
+from django.urls import reverse
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import generics
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from .. import services
+from ..models import CollectionRequest, Source, Status
+from .auth import API_AUTHENTICATION
+from .errors import ApiError
+from .pagination import NewestFirst
+from .parsers import BoundedJSONParser
+from .permissions import CollectionRequestPermissions
+from .serializers import (
+    INPUT_FIELDS,
+    CollectionRequestInputSerializer,
+    CollectionRequestSerializer,
+    ErrorSerializer,
+)
+
+ERROR_MEANINGS = {
+    400: "Bad input (invalid_param, required_param_missing, invalid_json); nothing stored.",
+    401: "No, bad or revoked API token (not_authenticated, invalid_token).",
+    403: "Missing permission, or a session write without a CSRF token (permission_denied).",
+    404: "No such request, or an invalid page cursor (not_found).",
+    413: "Body larger than COLLECTIONS_API_MAX_BODY_BYTES (request_too_large).",
+    415: "Body not sent as application/json (unsupported_media_type).",
+    422: "Idempotency-Key reused with other meters or duration (idempotency_key_reused).",
+}
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+IDEMPOTENCY_KEY_MAX = 255  # CollectionRequest.idempotency_key's max_length
+
+
+def errors(*codes: int) -> dict[int, OpenApiResponse]:
+    return {code: OpenApiResponse(ErrorSerializer, ERROR_MEANINGS[code]) for code in codes}
+
+
+class ApiView(generics.GenericAPIView):
+    queryset = CollectionRequest.objects.all()
+    serializer_class = CollectionRequestSerializer
+    authentication_classes = API_AUTHENTICATION
+    permission_classes = [CollectionRequestPermissions]
+    parser_classes = [BoundedJSONParser]
+
+
+class CollectionRequestList(ApiView, generics.ListAPIView):
+    pagination_class = NewestFirst
+
+    @extend_schema(
+        summary="List collection requests, newest first",
+        parameters=[
+            OpenApiParameter("status", enum=Status.values, description="Only this status."),
+        ],
+        responses={200: CollectionRequestSerializer(many=True), **errors(400, 401, 403, 404)},
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def filter_queryset(self, queryset: QuerySet) -> QuerySet:
+        if "status" not in self.request.query_params:
+            return queryset
+        status = self.request.query_params["status"]
+        if status not in Status.values:
+            raise ApiError(
+                400,
+                "invalid_param",
+                f"status must be one of {', '.join(Status.values)}, not {status[:40]!r}.",
+                field="status",
+            )
+        return queryset.filter(status=status)
+
+    @extend_schema(
+        summary="Trigger a historical collection",
+        description="Stores the request and hands it to the workers; poll the `Location` URL "
+        "for the outcome. A retry with the same Idempotency-Key (same user, same body) "
+        "answers 202 with the first request and `Idempotent-Replayed: true`.",
+        request=CollectionRequestInputSerializer,
+        parameters=[
+            OpenApiParameter(
+                IDEMPOTENCY_HEADER,
+                {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX},
+                OpenApiParameter.HEADER,
+                description="Any string unique per request (e.g. a UUID); empty means none.",
+            ),
+            OpenApiParameter(
+                "Location",
+                OpenApiTypes.URI,
+                OpenApiParameter.HEADER,
+                description="The request's URL.",
+                response=[202],
+                required=True,
+            ),
+            OpenApiParameter(
+                "Idempotent-Replayed",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                enum=["true"],
+                description="Present when the Idempotency-Key matched an earlier request.",
+                response=[202],
+            ),
+        ],
+        responses={202: CollectionRequestSerializer, **errors(400, 401, 403, 413, 415, 422)},
+    )
+    def post(self, request: Request) -> Response:
+        meters, duration = body_fields(request.data)
+        key = request.headers.get(IDEMPOTENCY_HEADER, "")
+        started = timezone.now()
+        created = trigger(request.user, meters, duration, key)
+        url = reverse("collections_api:collection-detail", kwargs={"id": created.pk})
+        headers = {"Location": request.build_absolute_uri(url)}
+        if key and created.created < started:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(self.get_serializer(created).data, status=202, headers=headers)
+
+
+def body_fields(data: Any) -> tuple[Any, Any]:
+    """meters and collection_duration from a JSON object with no other fields."""
+    if not isinstance(data, dict):
+        raise ApiError(
+            400,
+            "invalid_json",
+            'The body must be a JSON object: {"meters": [...], "collection_duration": 12}.',
+        )
+    unknown = sorted(set(data) - INPUT_FIELDS)
+    if unknown:
+        raise ApiError(
+            400,
+            "invalid_param",
+            f"Unknown field {unknown[0][:64]!r}: only meters and collection_duration are taken.",
+            field=unknown[0][:64],
+        )
+    return data.get("meters"), data.get("collection_duration")
+
+
+def trigger(user: Any, meters: Any, duration: Any, key: str) -> CollectionRequest:
+    """request_collection for an API caller; a reused Idempotency-Key is a 422."""
+    try:
+        return services.request_collection(
+            meters, duration, source=Source.API, requested_by=user, idempotency_key=key
+        )
+    except ValidationError as err:
+        if _key_reused(err, user, key):
+            raise ApiError(
+                422,
+                "idempotency_key_reused",
+                f"This {IDEMPOTENCY_HEADER} was already used for a request with other meters "
+                "or collection_duration. Use a new key for a new request.",
+                field="idempotency_key",
+            ) from err
+        raise
+
+
+def _key_reused(err: ValidationError, user: Any, key: str) -> bool:
+    """The service refused the key itself, and not for its length: it is taken."""
+    if "idempotency_key" not in getattr(err, "error_dict", {}) or len(key) > IDEMPOTENCY_KEY_MAX:
+        return False
+    return CollectionRequest.objects.filter(requested_by=user, idempotency_key=key).exists()
+
+
+class CollectionRequestDetail(ApiView, generics.RetrieveAPIView):
+    lookup_url_kwarg = "id"
+
+    @extend_schema(
+        summary="One collection request",
+        parameters=[OpenApiParameter("id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+        responses={200: CollectionRequestSerializer, **errors(401, 403, 404)},
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def get_object(self) -> CollectionRequest:
+        try:
+            pk = uuid.UUID(self.kwargs["id"])
+        except ValueError:
+            raise ApiError(404, "not_found", "No collection request has this id.") from None
+        request = self.get_queryset().filter(pk=pk).first()
+        if request is None:
+            raise ApiError(404, "not_found", "No collection request has this id.")
+        return request
+
+
+def not_found(request: HttpRequest, path: str = "") -> JsonResponse:
+    """Any other /api/ URL: a 404 in the error shape, not Django's HTML page."""
+    description = f"No API endpoint at {request.path[:200]}."
+    if not request.path.endswith("/"):
+        description += " (API URLs end with a slash.)"
+    return JsonResponse({"error": "not_found", "error_description": description}, status=404)

@@ -1,0 +1,60 @@
+"""The ops dashboard (/ops/), its figures as JSON (/ops/metrics.json) and for Prometheus
+(/metrics). Staff only; /metrics also takes `Authorization: Bearer <METRICS_TOKEN>`."""
+
+from __future__ import annotations
+
+import hmac
+
+from django.conf import settings
+from django.contrib.admin.views.decorators import staff_member_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from . import metrics, prometheus
+
+
+def is_staff(request: HttpRequest) -> bool:
+    user = request.user
+    return bool(user.is_active and user.is_staff)
+
+
+@require_GET
+@never_cache
+@staff_member_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    """The page: rendered with a first snapshot, then refreshed by dashboard.js."""
+    return render(request, "collections_app/ops/dashboard.html", {"snapshot": metrics.snapshot()})
+
+
+@require_GET
+@never_cache
+def metrics_json(request: HttpRequest) -> JsonResponse:
+    """The snapshot as JSON; 403 (not a redirect: scripts read it) unless staff."""
+    if not is_staff(request):
+        return JsonResponse({"error": "staff login required"}, status=403)
+    return JsonResponse(metrics.snapshot())
+
+
+@require_GET
+@never_cache
+def prometheus_metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus' text format, for a bearer of METRICS_TOKEN or a staff session."""
+    if not (has_metrics_token(request) or is_staff(request)):
+        response = HttpResponse("metrics need a bearer token or a staff login\n", status=401)
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    return HttpResponse(prometheus.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+def has_metrics_token(request: HttpRequest) -> bool:
+    """True when METRICS_TOKEN is set and the request bears it (compared in constant time)."""
+    expected = settings.METRICS_TOKEN
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return (
+        bool(expected)
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(given.strip().encode(), expected.encode())
+    )
