@@ -34,7 +34,8 @@ def main() -> None:
         page.fill("#id_password", options.password)
         page.click("input[type=submit]")
         page.wait_for_url(f"{options.url}/ops/")
-        page.wait_for_function("document.querySelector('#updated').textContent.startsWith('Up')")
+        first = page.text_content("#updated")  # the page's own snapshot; wait for a refresh
+        page.wait_for_function(f"document.querySelector('#updated').textContent !== {first!r}")
         page.screenshot(path=options.out, full_page=True)
         browser.close()
     print(f"saved {options.out}")
