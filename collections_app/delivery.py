@@ -42,14 +42,13 @@ def send(batch: Sequence[CollectionRequest], task_id: str) -> str:
         services.defer(batch, slot.wait)
         return f"deferred {slot.wait:.2f}s ({'paused' if slot.paused else 'rate limit'})"
     time.sleep(slot.wait)
-    paused = gate.paused_for()  # a 429 may have arrived while this worker slept
+    paused = gate.clear_to_send()  # a 429 may have arrived while this worker slept
     if paused:
         services.defer(batch, paused)
         return f"paused for {paused:.1f}s"
     services.renew(batch)
     outcome, call = _post(batch, task_id)
-    _pause_fleet_if_needed(outcome)  # first: the other workers' next check must see it
-    gate.record_call()
+    _pause_fleet_if_needed(outcome)
     if _must_split(batch, outcome):
         assert isinstance(outcome, UtilityAPIError)
         _record(services.record_split, batch, outcome, call)

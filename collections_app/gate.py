@@ -6,12 +6,18 @@ next free send slot, spaced 1/rate apart, and sleeps until it. Even spacing, unl
 counter that lets a whole second's quota out in one burst, keeps network jitter from ever
 showing the vendor more than its limit in any one-second window. Clocks come from Redis
 (TIME), so hosts with skewed clocks still agree.
+
+A worker that slept for its slot may wake late (a busy host), and late callers bunch up with
+punctual ones. So right before each POST, clear_to_send() checks the calls actually sent in
+the last second (the log the dashboard reads too) and holds a caller back while that second
+is full; it also catches a pause set while the caller slept.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -19,6 +25,7 @@ from functools import cache
 
 import redis
 from django.conf import settings
+from redis.commands.core import Script
 
 log = logging.getLogger(__name__)
 PREFIX = "collections:uapi:"
@@ -40,6 +47,28 @@ if wait > tonumber(ARGV[2]) then return {0, wait, 0} end
 redis.call('SET', KEYS[1], string.format('%d', slot + tonumber(ARGV[1])), 'PX', 60000)
 return {1, wait, 0}
 """
+
+
+# KEYS: throttle pause, account pause, calls log. ARGV: cap, member.
+# Returns {0, 0} after logging the call when it may go out now; {1, wait_us} during a pause;
+# {2, wait_us} while the last second already holds `cap` calls.
+CLEAR_TO_SEND = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local paused = math.max(redis.call('PTTL', KEYS[1]), redis.call('PTTL', KEYS[2]))
+if paused > 0 then return {1, paused * 1000} end
+local cap = tonumber(ARGV[1])
+local sent = redis.call('ZCOUNT', KEYS[3], '(' .. (now - 1), '+inf')
+if sent >= cap then
+  local oldest = redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. (now - 1), '+inf',
+                            'WITHSCORES', 'LIMIT', sent - cap, 1)
+  return {2, math.max(1, math.ceil((tonumber(oldest[2]) + 1 - now) * 1000000))}
+end
+redis.call('ZADD', KEYS[3], string.format('%.6f', now), ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 300)
+return {0, 0}
+"""
+CLEAR_TO_SEND_TRIES = 20
 
 
 @dataclass(frozen=True)
@@ -65,6 +94,16 @@ def connection() -> redis.Redis:
     return _redis(settings.CELERY_BROKER_URL)
 
 
+@cache
+def _script(url: str, source: str) -> Script:
+    """The script, run by EVALSHA (its text is sent again only if Redis lost it)."""
+    return _redis(url).register_script(source)
+
+
+def _run(source: str, keys: list[str], args: list[object]) -> list[int]:
+    return list(_script(settings.CELERY_BROKER_URL, source)(keys=keys, args=args))
+
+
 def interval_seconds() -> float:
     rate = settings.UTILITYAPI_RATE_LIMIT * (1 - settings.UTILITYAPI_RATE_HEADROOM)
     return 1.0 / rate
@@ -72,11 +111,28 @@ def interval_seconds() -> float:
 
 def reserve(max_wait: float = 1.0) -> Reservation:
     """Ask for the next send slot; granted only if it comes within max_wait seconds."""
-    r = connection()
     keys = [SLOT_KEY, PAUSE_KEYS["throttle"], PAUSE_KEYS["account"]]
     args = [int(interval_seconds() * 1e6), int(max_wait * 1e6)]
-    granted, wait_us, paused = r.eval(RESERVE, len(keys), *keys, *args)
+    granted, wait_us, paused = _run(RESERVE, keys, args)
     return Reservation(bool(granted), wait_us / 1e6, bool(paused))
+
+
+def window_cap() -> int:
+    """Calls allowed in any one second: what the slot spacing itself lets out, rounded up."""
+    return max(1, math.ceil(1 / interval_seconds() - 1e-9))
+
+
+def clear_to_send() -> float:
+    """Right before a POST: 0.0 when it may go out now (it is then logged as sent), else the
+    seconds left on a pause in force. While the last second already holds window_cap()
+    calls, waits (briefly: until the oldest of them is a second old) and asks again."""
+    keys = [PAUSE_KEYS["throttle"], PAUSE_KEYS["account"], CALLS_KEY]
+    for _ in range(CLEAR_TO_SEND_TRIES):
+        kind, wait_us = _run(CLEAR_TO_SEND, keys, [window_cap(), uuid.uuid4().hex])
+        if kind != 2:
+            return wait_us / 1e6
+        time.sleep(wait_us / 1e6)
+    return 1.0  # a second stayed full throughout: let the caller come back later
 
 
 def paused_for() -> float:

@@ -246,7 +246,7 @@ def claim(
     }
     free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
     due = CollectionRequest.objects.filter(free, status=Status.SUBMITTED, next_attempt_at__lte=now)
-    coalescing = settings.COLLECTIONS_BATCH_MAX_METERS > len(own.meters)
+    coalescing = len(own.meters) < settings.COLLECTIONS_BATCH_MAX_METERS
     with transaction.atomic() if coalescing else contextlib.nullcontext():
         if not due.filter(pk=own.pk, updated=own.updated).update(**lease):
             return []

@@ -45,11 +45,15 @@ def page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         context.set_default_timeout(20_000)
-        yield context.new_page()
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        yield page
         browser.close()
         # While Playwright's loop runs, Django keeps this thread's connection apart (asgiref
         # treats the thread as async); close it here, or it outlives the test database.
         connections.close_all()
+    assert not errors, f"JavaScript errors on the dashboard: {errors}"
 
 
 def failed_request(sandbox: Any) -> CollectionRequest:

@@ -12,15 +12,17 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from django.core.cache import cache
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from collections_app import gate, services
 from collections_app.models import Attempt, CollectionRequest, Status
-from collections_app.ops import figures, metrics, sample
+from collections_app.ops import figures, metrics, prometheus, sample
 
 pytestmark = pytest.mark.django_db
 
@@ -156,9 +158,8 @@ def test_failure_groups_with_latest_description_and_admin_link() -> None:
 
 
 def test_failure_group_link_filters_the_admin_list(django_user_model: Any) -> None:
-    django_user_model.objects.create_superuser("boss", password="x")
     client = Client()
-    client.login(username="boss", password="x")
+    client.force_login(django_user_model.objects.create_superuser("boss", password=None))
     wanted = make(Status.FAILED, ago(minutes=3), error="not_found")
     other = make(Status.FAILED, ago(minutes=3), error="invalid_param")
     retried = make(Status.SUBMITTED, ago(minutes=3), error="not_found")
@@ -279,6 +280,32 @@ def test_dead_broker_answers_quickly_and_red(django_user_model: Any, settings: A
     assert samples[("collections_up", (("component", "redis"),))] == 0
 
 
+@pytest.mark.django_db(transaction=True)
+def test_database_trouble_still_gives_a_red_snapshot(redis_db: Any) -> None:
+    """Another session locks the requests table; the figures time out, the probes still answer."""
+    db = connection.settings_dict
+    other = psycopg.connect(
+        host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432, user=db["USER"] or "postgres",
+        dbname=db["NAME"], autocommit=True,
+    )  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute("SET lock_timeout = '200ms'")
+    try:
+        with other.transaction():
+            other.execute("LOCK TABLE collections_app_collectionrequest IN ACCESS EXCLUSIVE MODE")
+            snap = metrics.snapshot()
+            names = {family.name for family in prometheus.OpsCollector().collect()}
+    finally:
+        other.close()
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+    assert snap["status"] is None and snap["failures"] == []
+    assert snap["machinery"]["database"] == {"ok": False, "error": "OperationalError"}
+    assert snap["machinery"]["redis"]["ok"] and snap["state"] == "bad"
+    assert "Database unavailable (OperationalError)" in [a["message"] for a in snap["alerts"]]
+    assert "collections_up" in names and "collections_requests" not in names
+
+
 def test_account_pause_is_red_with_its_reason(redis_db: Any) -> None:
     gate.pause("account", 120, "402 payment_required: Your account is past due.")
     snap = metrics.snapshot()
@@ -311,18 +338,21 @@ def test_live_worker_answers_and_is_counted(start_worker: Callable[..., Any]) ->
 # --- performance -----------------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_json_is_fast_with_100k_requests_and_300k_attempts(
-    django_user_model: Any, redis_db: Any
+    django_user_model: Any, start_worker: Callable[..., Any]
 ) -> None:
+    start_worker(concurrency=1)  # answering pings, as in production
     made = sample.build(100_000, 3)
     assert made[0] == 100_000 and 290_000 < made[1] < 310_000
     client = staff_client(django_user_model)
-    client.get("/ops/metrics.json")  # warm up: the worker probe learns there is none
+    client.get("/ops/metrics.json")  # the first, full ping learns how many workers there are
     timings = []
-    for _ in range(5):
+    for _ in range(7):
         started = time.monotonic()
         response = client.get("/ops/metrics.json")
         timings.append(time.monotonic() - started)
-    assert response.json()["status"]["total"] == 100_000
-    figures_ms = response.json()["took_ms"]
-    assert statistics.median(timings) < 1.0, (timings, figures_ms)
+    data = response.json()
+    assert data["status"]["total"] == 100_000 and data["machinery"]["workers"]["count"] == 1
+    print(f"/ops/metrics.json with 100k/300k: median {statistics.median(timings) * 1000:.0f} ms")
+    assert statistics.median(timings) < 0.5, timings

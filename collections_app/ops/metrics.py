@@ -76,7 +76,7 @@ def _alert(level: str, panel: str, message: str) -> dict[str, str]:
 def _machinery_alerts(snap: dict[str, Any]) -> list[dict[str, str]]:
     m, out = snap["machinery"], []
     if not m["database"]["ok"]:
-        out.append(_alert(BAD, "machinery", f"Database does not answer ({m['database']['error']})"))
+        out.append(_alert(BAD, "machinery", f"Database unavailable ({m['database']['error']})"))
     if not m["redis"]["ok"]:
         why = "nothing is dispatched and the fleet's pauses are unknown"
         out.append(

@@ -67,7 +67,8 @@ def broker() -> dict[str, Any]:
         pipe.ping()
         for key in keys:
             pipe.llen(key)
-        pipe.hlen(UNACKED_KEY).get(heartbeat.SWEEP_KEY)
+        pipe.hlen(UNACKED_KEY)
+        pipe.get(heartbeat.SWEEP_KEY)
         _, *lengths, unacked, sweep = pipe.execute()
     except (redis.RedisError, OSError) as err:
         return {"ok": False, "ms": _elapsed_ms(started), "error": type(err).__name__}

@@ -167,7 +167,8 @@ def _attempts(row: dict[str, Any], now: datetime) -> Iterator[dict[str, Any]]:
 def _store(model: Any, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:
     if connection.vendor == "postgresql":
         return _copy(model._meta.db_table, columns, rows)
-    model.objects.bulk_create([model(**row) for row in rows], batch_size=500)
+    objects = [model(**{column: row[column] for column in columns}) for row in rows]
+    model.objects.bulk_create(objects, batch_size=500)
 
 
 def _copy(table: str, columns: Sequence[str], rows: list[dict[str, Any]]) -> None:

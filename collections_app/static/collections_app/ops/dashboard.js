@@ -78,10 +78,14 @@
     machineryRow("m-queue", redis.ok ? "ok" : "bad", redis.ok
       ? `${num(redis.queue_length)} waiting in “${redis.queue}”, ${num(redis.unacked)} held by workers`
       : "unknown");
-    const sweepState = sweep.last_run_at === null ? (redis.ok ? "warn" : "bad")
-      : (sweep.ok ? "ok" : "bad");
-    machineryRow("m-sweep", sweepState, sweep.last_run_at === null ? "has not run yet"
-      : `ran ${since(sweep.last_run_at)} (stale after ${sweep.stale_after} s)`);
+    if (!redis.ok) {
+      machineryRow("m-sweep", "bad", "unknown: its heartbeat is kept in Redis");
+    } else if (sweep.last_run_at === null) {
+      machineryRow("m-sweep", "warn", "has not run yet");
+    } else {
+      machineryRow("m-sweep", sweep.ok ? "ok" : "bad",
+        `ran ${since(sweep.last_run_at)} (stale after ${sweep.stale_after} s)`);
+    }
   }
 
   function renderTimeline(timeline) {
