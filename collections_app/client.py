@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -162,6 +163,13 @@ class UtilityAPIClient:
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
+            # What trust_env would read from the environment on every request (a scan of
+            # os.environ each time), read once: proxies and a CA bundle. No .netrc: the
+            # Authorization header is ours.
+            session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
+            env = os.environ
+            session.verify = env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE") or True
+            session.trust_env = False
             session.headers.update(
                 {
                     "Authorization": f"Bearer {self._token}",
@@ -194,7 +202,7 @@ class UtilityAPIClient:
 
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         try:
-            return self.session.request(
+            response = self.session.request(
                 method, url, timeout=self.timeout, allow_redirects=False, **kwargs
             )
         except requests.Timeout as err:
@@ -203,6 +211,15 @@ class UtilityAPIClient:
             raise TransientError("connection_error", type(err).__name__) from err
         except requests.RequestException as err:
             raise TransientError("request_error", type(err).__name__) from err
+        return self._redacted(response)
+
+    def _redacted(self, response: requests.Response) -> requests.Response:
+        """The answer without our token: a proxy or debug page that echoes the request's
+        headers must not carry it into error descriptions, the admin, the logs."""
+        secret = self._token.encode()
+        if secret in response.content:
+            response._content = response.content.replace(secret, b"[redacted]")
+        return response
 
 
 _clients: dict[tuple[Any, ...], UtilityAPIClient] = {}

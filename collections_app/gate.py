@@ -20,6 +20,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -100,7 +101,7 @@ def _script(url: str, source: str) -> Script:
     return _redis(url).register_script(source)
 
 
-def _run(source: str, keys: list[str], args: list[object]) -> list[int]:
+def _run(source: str, keys: list[str], args: Sequence[str | int]) -> list[int]:
     return list(_script(settings.CELERY_BROKER_URL, source)(keys=keys, args=args))
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from .client import Accepted
@@ -169,7 +169,10 @@ def dispatch(ids: Sequence[Any], countdown: float = 0.0) -> int:
     sweep sends them later: nothing is lost. Returns how many were sent."""
     from .tasks import send_collection
 
-    if countdown <= 0 and settings.COLLECTIONS_COALESCE_WINDOW_MS:
+    if countdown <= 0 and settings.COLLECTIONS_BATCH_MAX_METERS > 1:
+        # Coalescing: a fresh request waits the window for others due with it to share its
+        # POST. With coalescing off the wait would buy nothing (and each message would go
+        # through the worker's ETA timer instead of straight to a thread).
         countdown = settings.COLLECTIONS_COALESCE_WINDOW_MS / 1000
     sent: list[Any] = []
     try:
@@ -457,20 +460,45 @@ def _still_held(batch: Sequence[CollectionRequest]) -> list[CollectionRequest]:
     return [r for r in batch if r.pk in held]
 
 
-def _update_rows(batch: Sequence[CollectionRequest], fields: list[str]) -> None:
-    """Write `fields` of the batch's rows. bulk_update builds a CASE per field and row; a
-    single row (every send when coalescing is off) takes a plain UPDATE, far less ORM work."""
-    if len(batch) == 1:
-        row = batch[0]
-        CollectionRequest.objects.filter(pk=row.pk).update(**{f: getattr(row, f) for f in fields})
-    else:
-        CollectionRequest.objects.bulk_update(batch, fields)
+def _update_rows(batch: Sequence[CollectionRequest], fields: list[str], token: Any) -> bool:
+    """Write `fields` of the batch's rows; False when a single row's lease was lost.
+
+    A single row (every send when coalescing is off) takes one UPDATE that checks its lease
+    too. Several rows (checked by _still_held) take one UPDATE per group of rows with the same
+    values: a coalesced batch is mostly one group. (bulk_update wrote a CASE per field and row:
+    for a batch of 1,000, 2 s of CPU in the worker and a quadratic UPDATE in the database.)"""
+    if len(batch) != 1:
+        groups: dict[str, tuple[dict[str, Any], list[Any]]] = {}
+        for row in batch:
+            values = _values(row, fields)
+            groups.setdefault(repr(sorted(values.items())), (values, []))[1].append(row.pk)
+        for values, pks in groups.values():
+            CollectionRequest.objects.filter(pk__in=pks).update(**values)
+        return True
+    row = batch[0]
+    held = CollectionRequest.objects.filter(pk=row.pk, lease_token=token)
+    if held.update(**_values(row, fields)):
+        return True
+    log.warning("lease lost: 1 stale outcome(s) not saved")
+    return False
+
+
+def _values(row: CollectionRequest, fields: list[str]) -> dict[str, Any]:
+    """The row's values for `fields`, written so that alike rows share them: a finished row's
+    dispatched_at (unchanged, and read only for submitted rows) is left out, and accepted
+    meters that are all of the request's meters are written as F("meters")."""
+    done = row.status != Status.SUBMITTED
+    values = {f: getattr(row, f) for f in fields if not (done and f == "dispatched_at")}
+    if row.meters and values.get("accepted_meters") == row.meters:
+        values["accepted_meters"] = F("meters")
+    return values
 
 
 def _save_and_schedule(batch: Sequence[CollectionRequest], fields: list[str]) -> None:
     """Save the batch, free its lease, and make sure each still-submitted row is looked at
     again when due: by a broker countdown for short waits, by the sweep for long ones."""
-    batch = _still_held(batch)
+    token = batch[0].lease_token if batch else None
+    batch = _still_held(batch) if len(batch) > 1 else batch
     now = timezone.now()
     for request in batch:
         request.lease_token = request.lease_expires_at = None
@@ -478,7 +506,9 @@ def _save_and_schedule(batch: Sequence[CollectionRequest], fields: list[str]) ->
     later = [r for r in batch if r.status == Status.SUBMITTED]
     for request in later:
         request.dispatched_at = None  # the sweep's job unless a countdown is sent below
-    _update_rows(batch, [*fields, "lease_token", "lease_expires_at", "dispatched_at", "updated"])
+    saved = [*fields, "lease_token", "lease_expires_at", "dispatched_at", "updated"]
+    if not _update_rows(batch, saved, token):
+        return
     # One countdown for the rows due within the broker horizon: the latest of them, so that
     # when it arrives they are all due and one claim takes them together.
     waits = {r.pk: ((r.next_attempt_at or now) - now).total_seconds() for r in later}

@@ -21,15 +21,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchlib import dbscale, report, scenarios, state  # noqa: E402
+from benchlib import dbscale, procs, report, scenarios, state  # noqa: E402
 from benchlib.procs import Sandbox  # noqa: E402
-from benchlib.run import Bench  # noqa: E402
+from benchlib.run import Bench, Pool  # noqa: E402
 
-FULL = {"rate": 3000, "overhead": 2000, "storm": 1000, "bulk": 10000, "web": 500, "lone": 9,
-        "scale": 100_000, "scale_samples": 7}  # fmt: skip
-QUICK = {"rate": 60, "overhead": 60, "storm": 40, "bulk": 2000, "web": 10, "lone": 2,
-         "scale": 300, "scale_samples": 2}  # fmt: skip
-POOLS = "threads:16,threads:4,prefork:4"
+FULL = {"rate": 3000, "overhead": 1500, "storm": 1000, "bulk": 10000, "web": 500,
+        "lone": 9, "stream": 500, "scale": 100_000, "scale_samples": 7}  # fmt: skip
+QUICK = {"rate": 60, "overhead": 60, "storm": 40, "bulk": 2000, "web": 10,
+         "lone": 2, "stream": 20, "scale": 300, "scale_samples": 2}  # fmt: skip
+POOLS = "threads:16,threads:4,threads:8x2,prefork:16"
 SCENARIOS = ["rate", "overhead", "storm", "coalescing", "scale"]
 
 
@@ -44,14 +44,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis-db", type=int, default=9, help="Redis db number it owns")
     parser.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
     parser.add_argument("--only", default=",".join(SCENARIOS), help="scenarios to run")
+    parser.add_argument("--worker-tree", type=Path, help="run the workers from this checkout")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs = 1
-    args.pools = [(p.split(":")[0], int(p.split(":")[1])) for p in args.pools.split(",")]
+    args.pools = [parse_pool(spec) for spec in args.pools.split(",")]
     args.only = [name for name in args.only.split(",") if name]
     if unknown := set(args.only) - set(SCENARIOS):
         parser.error(f"--only: unknown scenario(s) {', '.join(sorted(unknown))}")
     return args
+
+
+def parse_pool(spec: str) -> tuple[str, int, int]:
+    """ "threads:16" → ("threads", 16, 1); "threads:8x2" → two worker processes of 8 threads."""
+    pool, _, size = spec.partition(":")
+    concurrency, _, processes = size.partition("x")
+    return pool, int(concurrency), int(processes or 1)
 
 
 def setup_django(target: state.Target) -> None:
@@ -61,28 +69,32 @@ def setup_django(target: state.Target) -> None:
     django.setup()
 
 
-def run_all(bench: Bench, pools: list[tuple[str, int]], only: list[str]) -> dict[str, Any]:
+def run_all(bench: Bench, pools: list[Pool], only: list[str]) -> dict[str, Any]:
     """The scenarios in `only`; alternative pools get one run in scenario 1 (a run is a
     minute), all runs in scenario 2."""
-    (pool, threads), runs, out = pools[0], bench.runs, {}
+    pool, runs, out = pools[0], bench.runs, {}
     if "rate" in only:
-        out["rate"] = [scenarios.rate_limited(bench, pool, threads, runs)]
-        out["rate"] += [scenarios.rate_limited(bench, p, c, 1) for p, c in pools[1:]]
+        out["rate"] = [scenarios.rate_limited(bench, pool, runs)]
+        out["rate"] += [scenarios.rate_limited(bench, other, 1) for other in pools[1:]]
     if "overhead" in only:
-        out["overhead"] = [scenarios.overhead(bench, p, c, runs) for p, c in pools]
+        out["overhead"] = [scenarios.overhead(bench, other, runs) for other in pools]
+        out["overhead_defaults"] = scenarios.overhead(bench, pool, runs, coalescing=True)
+        out["web"] = scenarios.web_cost(bench, pool)
     if "storm" in only:
-        out["storm"] = scenarios.throttle_storm(bench, pool, threads, runs)
+        out["storm"] = scenarios.throttle_storm(bench, pool, runs)
     if "coalescing" in only:
         s1_rps = out["rate"][0]["summary"]["rps"] if "rate" in out else 0.0
-        out["coalescing"] = scenarios.coalescing(bench, pool, threads, runs, s1_rps)
+        out["coalescing"] = scenarios.coalescing(bench, pool, runs, s1_rps)
     if "scale" in only:
         counts = bench.counts
-        out["scale"] = dbscale.scale(bench, counts["scale"], 3, counts["scale_samples"])
+        out["scale"] = dbscale.scale(bench, pool, counts["scale"], counts["scale_samples"])
     return {**out, "memory": bench.memory}
 
 
 def main(argv: list[str] | None = None) -> int:
     args, started = parse_args(argv), time.monotonic()
+    if args.worker_tree:
+        procs.WORKER_ROOT = args.worker_tree.resolve()
     target = state.make_target(args.database, args.redis_db)
     state.create_database(target)
     setup_django(target)
@@ -114,6 +126,7 @@ def _meta(args: argparse.Namespace, started: float) -> dict[str, Any]:
         "minutes": (time.monotonic() - started) / 60,
         "runs": args.runs,
         "mode": "quick" if args.quick else "full",
+        "worker_tree": str(args.worker_tree or ""),
     }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -223,13 +224,18 @@ def test_redis_outage_loses_no_request(
     admin_user: Any,
     summary: list[dict[str, Any]],
 ) -> None:
-    """Requests in flight when Redis stops record their outcome; requests created while it is
-    down (service, admin, API) are stored, answered at once, and sent once it is back."""
-    worker = start_worker(concurrency=4, CELERY_BROKER_URL=private_redis.url)
+    """Requests in flight when Redis stops record their outcome (one is a 402, whose fleet
+    pause cannot be stored); a request whose message was queued is lost with Redis' data and
+    found again by the sweep; requests created while Redis is down (service, admin, API) are
+    stored, answered at once, and sent once it is back."""
+    worker = start_worker(concurrency=2, CELERY_BROKER_URL=private_redis.url)
     sandbox.state.latency_ms = 1000
+    sandbox.state.script.append({"status": 402, "body": {"error": "payment_required"}})
     durations = iter(range(1, 37))  # one duration each: no coalescing, one POST per request
     in_flight = [services.request_collection([f"inflight-{i}"], next(durations)) for i in range(2)]
     wait_until(lambda: len(posts(sandbox)) == 2, timeout=10)
+    queued = services.request_collection(["queued-0"], next(durations))  # both threads are busy
+    assert CollectionRequest.objects.get(pk=queued.pk).dispatched_at is not None
     private_redis.stop()
 
     created, slowest = [], 0.0
@@ -263,16 +269,17 @@ def test_redis_outage_loses_no_request(
     outage_posts = len(posts(sandbox))
 
     private_redis.start()  # empty: every message queued before the outage is gone too
-    ids = inflight_ids + created
+    ids = [*inflight_ids, queued.pk, *created]
     sandbox.state.latency_ms = 0
     began = time.monotonic()
     wait_until(sweeping(ids), timeout=40, interval=0.5)
     calls = posts(sandbox)
     report(
         summary,
-        "Redis stopped (kill) with 2 POSTs in flight; requests created while it is down",
+        "Redis killed (its data lost) with 2 POSTs in flight (one answered 402) and 1 queued; "
+        "more created while it is down",
         requests=len(ids),
-        in_flight=len(in_flight),
+        in_flight=len(in_flight) + 1,
         created_during_outage=len(created),
         slowest_create_s=round(slowest, 2),
         posts_during_outage=outage_posts,
@@ -281,13 +288,71 @@ def test_redis_outage_loses_no_request(
         expected_posts=len(ids),
         recovered_after_s=round(time.monotonic() - began, 1),
     )
-    assert states(ids) == {"pending": len(ids)}
+    assert states(ids) == {"pending": len(ids) - 1, "failed": 1}
+    refused = CollectionRequest.objects.get(status=Status.FAILED)
+    assert refused.pk in inflight_ids and refused.error == "payment_required"
     assert outage_posts == 2  # nothing was sent while Redis was down
     assert len(calls) == len(ids)
     assert set(accepted_meters(sandbox).values()) == {1}
     assert slowest < 5
     assert worker.process.poll() is None, "the worker exited when Redis went away"
     assert "Unrecoverable error" not in worker.output()
+    assert "raised unexpected" not in worker.output()
+
+
+def test_redis_hang_delays_creation_but_loses_nothing(
+    start_worker: Callable[..., Worker],
+    sandbox: Any,
+    private_redis: PrivateRedis,
+    client: Any,
+    admin_user: Any,
+    summary: list[dict[str, Any]],
+) -> None:
+    """Redis frozen (SIGSTOP: a network partition that drops packets looks the same): its port
+    still accepts connections, so publishing waits for socket timeouts instead of failing
+    fast. Requests are still stored; the caller waits; nothing is lost."""
+    worker = start_worker(concurrency=2, CELERY_BROKER_URL=private_redis.url)
+    assert private_redis.process is not None
+    services.request_collection(["warm-up"], 36)  # the publisher's connection is open
+    wait_until(lambda: len(posts(sandbox)) == 1, timeout=10)
+    os.kill(private_redis.process.pid, signal.SIGSTOP)
+    waits, ids = [], []
+    try:
+        began = time.monotonic()
+        ids.append(services.request_collection(["hang-service"], 1).pk)
+        waits.append(time.monotonic() - began)
+        client.force_login(admin_user)
+        if api_available():
+            began = time.monotonic()
+            response = api_trigger(client, admin_user, ["hang-api"], 2)
+            waits.append(time.monotonic() - began)
+            assert response.status_code == 202, response.content
+            ids.append(response.json()["id"])
+        began = time.monotonic()
+        changelist = client.get(reverse("admin:collections_app_collectionrequest_changelist"))
+        changelist_wait = time.monotonic() - began
+        assert changelist.status_code == 200
+        stored = CollectionRequest.objects.filter(pk__in=ids, status=Status.SUBMITTED).count()
+    finally:
+        os.kill(private_redis.process.pid, signal.SIGCONT)
+    wait_until(sweeping(ids), timeout=40, interval=0.5)
+    report(
+        summary,
+        "Redis frozen (SIGSTOP) while requests are created",
+        requests=len(ids),
+        in_flight=0,
+        created_during_outage=len(ids),
+        create_waits_s=[round(w, 1) for w in waits],
+        changelist_wait_s=round(changelist_wait, 1),
+        final=dict(states(ids)),
+        posts=len(posts(sandbox)) - 1,
+        expected_posts=len(ids),
+    )
+    assert stored == len(ids)
+    assert states(ids) == {"pending": len(ids)}
+    assert len(posts(sandbox)) - 1 == len(ids)
+    assert max(waits) < 30  # under gunicorn's default 30 s worker timeout
+    assert worker.process.poll() is None
 
 
 # --- 3. PostgreSQL restarts while the worker runs -------------------------------------------------
@@ -423,6 +488,8 @@ def test_postgres_restart_loses_no_request(
         recovered_after_s=round(time.monotonic() - began, 1),
     )
     assert final == {"pending": count}
+    stored = private_postgres.rows("SELECT id::text FROM collections_app_collectionrequest")
+    assert sorted(row[0] for row in stored) == sorted(ids)  # nothing lost, nothing extra
     assert sorted(accepted_meters(sandbox)) == sorted(f"pg-{i}" for i in range(count))
     assert len(calls) == count, Counter(m for c in calls for m in c["meters"] or [])
     assert worker.process.poll() is None
@@ -450,7 +517,8 @@ def test_frozen_worker_waking_late_does_not_overwrite_the_newer_outcome(
         wait_until(sweeping([request.pk]), timeout=20, interval=0.25)
     finally:
         os.killpg(frozen.process.pid, signal.SIGCONT)
-    wait_until(lambda: "send_collection" in frozen.output().split("ready.")[-1], timeout=10)
+    finished = re.compile(r"send_collection\[[^]]+\] (succeeded|raised|retry)")
+    wait_until(lambda: finished.search(frozen.output()), timeout=10)  # it woke up and recorded
     time.sleep(1.0)  # room for a wrongly re-dispatched request to be sent a third time
     row = CollectionRequest.objects.get(pk=request.pk)
     calls = posts(sandbox)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -78,3 +79,36 @@ def test_call_rate_counts_recent_calls() -> None:
     for _ in range(30):
         gate.record_call()
     assert gate.call_rate(window=60) == pytest.approx(0.5)
+
+
+def _sent_in_the_last_second(redis_db: Any, calls: int, age: float) -> None:
+    seconds, micros = redis_db.time()
+    now = seconds + micros / 1e6
+    redis_db.zadd(gate.CALLS_KEY, {f"old-{i}": now - age for i in range(calls)})
+
+
+def test_clear_to_send_logs_the_call_for_the_measured_rate() -> None:
+    assert gate.clear_to_send() == 0.0
+    assert gate.call_rate(window=60) == pytest.approx(1 / 60)
+
+
+def test_clear_to_send_holds_a_caller_back_while_the_last_second_is_full(
+    redis_db: Any,
+) -> None:
+    _sent_in_the_last_second(redis_db, gate.window_cap(), age=0.8)  # a bunch of late wakers
+    started = time.monotonic()
+    assert gate.clear_to_send() == 0.0
+    assert 0.15 <= time.monotonic() - started < 0.5  # until the bunch was a second old
+    assert redis_db.zcard(gate.CALLS_KEY) == gate.window_cap() + 1
+
+
+def test_clear_to_send_reports_a_pause_and_logs_nothing(redis_db: Any) -> None:
+    gate.pause("throttle", 2, "429 from UtilityAPI: Retry-After 2s")
+    assert 1.5 < gate.clear_to_send() <= 2
+    assert redis_db.zcard(gate.CALLS_KEY) == 0
+
+
+def test_window_cap_is_what_the_spacing_lets_out(settings: Any) -> None:
+    assert gate.window_cap() == 50
+    settings.UTILITYAPI_RATE_HEADROOM = 0.03
+    assert gate.window_cap() == 49  # 48.5 calls a second, rounded up

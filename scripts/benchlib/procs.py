@@ -18,6 +18,7 @@ from typing import Any
 import requests
 
 ROOT = Path(__file__).resolve().parents[2]
+WORKER_ROOT = ROOT  # the checkout the workers run (bench.py --worker-tree: compare another)
 PY = sys.executable
 TICKS = os.sysconf("SC_CLK_TCK")
 TOKEN = "bench-sandbox-token"  # noqa: S105 (the sandbox's own, loopback-only token)
@@ -94,14 +95,14 @@ def peak_rss_mb(root: int) -> float:
 class Process:
     """A subprocess in its own session, its output in a temporary log file."""
 
-    def __init__(self, cmd: list[str], env: dict[str, str], name: str) -> None:
+    def __init__(self, cmd: list[str], env: dict[str, str], name: str, cwd: Path = ROOT) -> None:
         self.name = name
         fd, path = tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")
         os.close(fd)
         self.log = Path(path)
         with self.log.open("wb") as out:
             self.popen = subprocess.Popen(  # noqa: S603 (our own interpreter and arguments)
-                cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
 
     @property
@@ -133,8 +134,8 @@ class Sandbox(Process):
 
     def __init__(self, env: dict[str, str], rate: float = 0, latency_ms: int = 0) -> None:
         self.port = free_port()
-        cmd = [PY, "manage.py", "utilityapi_sandbox", "--port", str(self.port),
-               "--rate", f"{rate:g}", "--latency-ms", str(latency_ms), "--token", TOKEN]  # fmt: skip
+        cmd = [PY, "manage.py", "utilityapi_sandbox", "--port", str(self.port), "--token", TOKEN]
+        cmd += ["--rate", f"{rate:g}", "--latency-ms", str(latency_ms)]
         super().__init__(cmd, env, "sandbox")
         self.url = f"http://127.0.0.1:{self.port}/api/v2"
         self.http = requests.Session()
@@ -147,7 +148,8 @@ class Sandbox(Process):
             return False
 
     def control(self, action: str, body: dict[str, Any] | None = None) -> None:
-        self.http.post(f"{self.url}/_sandbox/{action}", json=body or {}, timeout=10).raise_for_status()
+        answer = self.http.post(f"{self.url}/_sandbox/{action}", json=body or {}, timeout=10)
+        answer.raise_for_status()
 
     def configure(self, rate: float, latency_ms: int) -> None:
         """Set the rate limit and latency, and forget every call and script so far."""
@@ -170,12 +172,37 @@ class Worker(Process):
                "--concurrency", str(concurrency), "--hostname", self.hostname,
                "--loglevel", "INFO", "--without-gossip", "--without-mingle",
                "--without-heartbeat"]  # fmt: skip
-        super().__init__(cmd, env, "worker")
+        super().__init__(cmd, env, "worker", cwd=WORKER_ROOT)
         wait_until(lambda: self.alive() and "ready." in self.output(), 60, "worker start")
 
-    @property
-    def label(self) -> str:
-        return f"{self.pool} × {self.concurrency}"
+
+class Fleet:
+    """`processes` identical workers, measured together (CPU and peak memory are sums)."""
+
+    def __init__(self, env: dict[str, str], pool: str, concurrency: int, processes: int) -> None:
+        self.workers: list[Worker] = []
+        try:
+            for _ in range(processes):
+                self.workers.append(Worker(env, pool, concurrency))
+        except BaseException:
+            self.stop()
+            raise
+        self.label = label(pool, concurrency, processes)
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(worker.pid) for worker in self.workers)
+
+    def peak_rss_mb(self) -> float:
+        return sum(peak_rss_mb(worker.pid) for worker in self.workers)
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+
+
+def label(pool: str, concurrency: int, processes: int = 1) -> str:
+    one = f"{pool} × {concurrency}"
+    return one if processes == 1 else f"{processes} workers of {one}"
 
 
 class Web(Process):

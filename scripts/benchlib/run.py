@@ -15,9 +15,10 @@ from typing import Any
 import requests
 
 from . import state
-from .procs import TOKEN, Sandbox, Worker, cpu_seconds, peak_rss_mb, wait_until
+from .procs import TOKEN, Fleet, Sandbox, wait_until
 
 COALESCING_OFF = {"COLLECTIONS_BATCH_MAX_METERS": 1}
+Pool = tuple[str, int, int]  # Celery pool, its concurrency, worker processes
 UNLIMITED = 1_000_000  # UTILITYAPI_RATE_LIMIT for the overhead scenario: the gate never waits
 
 
@@ -38,19 +39,19 @@ class Bench:
         return env
 
     @contextmanager
-    def worker(self, pool: str, concurrency: int, overrides: dict[str, Any]) -> Iterator[Worker]:
-        """A fresh worker (on a flushed Redis db) whose settings the driver shares meanwhile."""
+    def worker(self, pool: Pool, overrides: dict[str, Any]) -> Iterator[Fleet]:
+        """Fresh workers (on a flushed Redis db) whose settings the driver shares meanwhile."""
         from django.test import override_settings
 
         state.flush_redis(self.target)
-        worker = Worker(self.env(overrides), pool, concurrency)
+        fleet = Fleet(self.env(overrides), *pool)
         try:
             with override_settings(**overrides):
-                yield worker
-            rss = peak_rss_mb(worker.pid)
-            self.memory[worker.label] = max(rss, self.memory.get(worker.label, 0.0))
+                yield fleet
+            rss = fleet.peak_rss_mb()
+            self.memory[fleet.label] = max(rss, self.memory.get(fleet.label, 0.0))
         finally:
-            worker.stop()
+            fleet.stop()
 
     def reset(self) -> None:
         """Between runs: empty tables, gate keys and the sandbox's log (keeping its config)."""
@@ -60,28 +61,34 @@ class Bench:
         self.sandbox.control("reset")
 
 
-def drain(bench: Bench, worker: Worker, groups: list[list[str]], timeout: float) -> dict[str, Any]:
+def drain(bench: Bench, fleet: Fleet, groups: list[list[str]], timeout: float) -> dict[str, Any]:
     """Create the requests at once (as a bulk trigger does) and wait until none is submitted.
 
     Times come from the rows (`updated` is written by the worker with the outcome), so the
     polling interval does not blur them."""
     from collections_app import services
 
-    cpu0, start = cpu_seconds(worker.pid), time.time()
+    cpu0, start = fleet.cpu_seconds(), time.time()
     services.request_collections(groups, source="cli")
     created = time.time()
-    wait_until(lambda: not _submitted(), timeout, f"{len(groups)} requests to leave submitted")
+    one = wait_drained(bench, fleet, start, len(groups), timeout)
+    one["worker_cpu_ms_per_request"] = (fleet.cpu_seconds() - cpu0) * 1000 / len(groups)
+    return {**one, "meters": sum(len(g) for g in groups), "create_s": created - start}
+
+
+def wait_drained(
+    bench: Bench, fleet: Fleet, start: float, n: int, timeout: float = 120
+) -> dict[str, Any]:
+    """Wait until no request is submitted, then until the broker is idle; times from `start`."""
+    wait_until(lambda: not _submitted(), timeout, f"{n} requests to leave submitted")
     finished = _last_update()
     idle = state.wait_idle(bench.target) + time.time()
     statuses = _status_counts()
     return {
-        "requests": len(groups),
-        "meters": sum(len(g) for g in groups),
-        "create_s": created - start,
+        "requests": n,
         "drain_s": finished - start,
         "idle_s": idle - start,
-        "rps": len(groups) / (finished - start),
-        "worker_cpu_ms_per_request": (cpu_seconds(worker.pid) - cpu0) * 1000 / len(groups),
+        "rps": n / (finished - start),
         "pending": statuses.get("pending", 0),
         "failed": statuses.get("failed", 0),
         "t0": start,
@@ -152,7 +159,8 @@ def _post_many(url: str, thread: int, count: int) -> Counter[int]:
     session.headers["Authorization"] = f"Bearer {TOKEN}"
     for i in range(count):
         body = {"meters": [f"bare-{thread}-{i}"]}
-        codes[session.post(url + "/meters/historical-collection", json=body, timeout=30).status_code] += 1
+        answer = session.post(url + "/meters/historical-collection", json=body, timeout=30)
+        codes[answer.status_code] += 1
     return codes
 
 

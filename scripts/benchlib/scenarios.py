@@ -8,7 +8,17 @@ import time
 from typing import Any
 
 from . import run
-from .run import COALESCING_OFF, UNLIMITED, Bench, call_log, drain, median_of, one_meter_groups
+from .procs import label
+from .run import (
+    COALESCING_OFF,
+    UNLIMITED,
+    Bench,
+    Pool,
+    call_log,
+    drain,
+    median_of,
+    one_meter_groups,
+)
 
 RATE, LATENCY_MS = 50, 50
 ALLOWED_RATE = RATE  # the vendor's limit the drain is compared with (ideal: n / RATE seconds)
@@ -24,22 +34,22 @@ def _result(settings: dict[str, Any], runs: list[dict[str, Any]], **summary: Any
 # --- 1. at the rate limit -----------------------------------------------------------------
 
 
-def rate_limited(bench: Bench, pool: str, concurrency: int, runs: int) -> dict[str, Any]:
+def rate_limited(bench: Bench, pool: Pool, runs: int) -> dict[str, Any]:
     """3,000 one-meter requests at once, coalescing off, sandbox limit 50/s with 50 ms."""
     n = bench.counts["rate"]
     overrides = {**COALESCING_OFF, "UTILITYAPI_RATE_LIMIT": RATE}
     bench.sandbox.configure(RATE, LATENCY_MS)
     results = []
-    with bench.worker(pool, concurrency, overrides) as worker:
+    with bench.worker(pool, overrides) as fleet:
         for i in range(runs):
             bench.reset()
-            one = drain(bench, worker, one_meter_groups(n, f"rate{i}"), timeout=60 + 3 * n / RATE)
+            one = drain(bench, fleet, one_meter_groups(n, f"rate{i}"), timeout=60 + 3 * n / RATE)
             results.append({**one, **call_log(bench)})
     for one in results:
         one["ideal_s"] = n / ALLOWED_RATE
         one["rate_ratio"] = one["rps"] / ALLOWED_RATE
     return _result(
-        {"pool": f"{pool} × {concurrency}", **overrides, "sandbox": f"{RATE}/s, {LATENCY_MS} ms"},
+        {"pool": label(*pool), **overrides, "sandbox": f"{RATE}/s, {LATENCY_MS} ms"},
         results,
         requests=n,
         drain_s=median_of(results, "drain_s"),
@@ -56,27 +66,26 @@ def rate_limited(bench: Bench, pool: str, concurrency: int, runs: int) -> dict[s
 # --- 2. overhead against a bare requests loop -----------------------------------------------
 
 
-def overhead(bench: Bench, pool: str, concurrency: int, runs: int) -> dict[str, Any]:
+def overhead(bench: Bench, pool: Pool, runs: int, coalescing: bool = False) -> dict[str, Any]:
     """End-to-end requests/s against a bare requests.Session loop, sandbox unlimited, at
-    50 ms and at 0 ms latency; at 0 ms also CPU per request in the worker and the web side."""
-    overrides = {**COALESCING_OFF, "UTILITYAPI_RATE_LIMIT": UNLIMITED}
-    out: dict[str, Any] = {"settings": {"pool": f"{pool} × {concurrency}", **overrides}}
-    with bench.worker(pool, concurrency, overrides) as worker:
+    50 ms and at 0 ms latency (with the CPU per request in the worker)."""
+    overrides = {"UTILITYAPI_RATE_LIMIT": UNLIMITED, **({} if coalescing else COALESCING_OFF)}
+    out: dict[str, Any] = {"settings": {"pool": label(*pool), **overrides}}
+    with bench.worker(pool, overrides) as fleet:
         for latency in (50, 0):
             bench.sandbox.configure(0, latency)
-            out[f"{latency}ms"] = _overhead_at(bench, worker, concurrency, runs, latency)
-        out["web"] = web_cost(bench, bench.counts["web"])
+            out[f"{latency}ms"] = _overhead_at(bench, fleet, pool[1] * pool[2], runs, latency)
     return out
 
 
-def _overhead_at(bench: Bench, worker: Any, concurrency: int, runs: int, latency: int) -> dict:
+def _overhead_at(bench: Bench, fleet: Any, concurrency: int, runs: int, latency: int) -> dict:
     n = bench.counts["overhead"]
     results = []
     for i in range(runs):
         bench.reset()
         bare = run.bare_loop(bench.sandbox.url, n, concurrency)
         bench.reset()
-        one = drain(bench, worker, one_meter_groups(n, f"o{latency}-{i}"), timeout=120)
+        one = drain(bench, fleet, one_meter_groups(n, f"o{latency}-{i}"), timeout=120)
         one.update(call_log(bench), bare_rps=bare["rps"], ratio=one["rps"] / bare["rps"])
         results.append(one)
     return _result(
@@ -90,13 +99,16 @@ def _overhead_at(bench: Bench, worker: Any, concurrency: int, runs: int, latency
     )
 
 
-def web_cost(bench: Bench, n: int) -> dict[str, Any]:
+def web_cost(bench: Bench, pool: Pool) -> dict[str, Any]:
     """CPU per created request on the web side: POST /api/collections/ through gunicorn when
-    the JSON API is there, else services.request_collection in this process."""
+    the JSON API is there, else services.request_collection in this process (a worker runs
+    meanwhile, so that the requests are sent as they would be)."""
     from . import web
 
-    bench.reset()
-    return web.measure(bench, n)
+    bench.sandbox.configure(0, 0)
+    with bench.worker(pool, {"UTILITYAPI_RATE_LIMIT": UNLIMITED}):
+        bench.reset()
+        return web.measure(bench, bench.counts["web"])
 
 
 # --- 3. throttle storm ----------------------------------------------------------------------
@@ -104,21 +116,21 @@ def web_cost(bench: Bench, n: int) -> dict[str, Any]:
 RETRY_AFTER = 5
 
 
-def throttle_storm(bench: Bench, pool: str, concurrency: int, runs: int) -> dict[str, Any]:
+def throttle_storm(bench: Bench, pool: Pool, runs: int) -> dict[str, Any]:
     """A 1,000-request burst whose first call is answered 429 + Retry-After 5."""
     n = bench.counts["storm"]
     overrides = {**COALESCING_OFF, "UTILITYAPI_RATE_LIMIT": RATE}
     bench.sandbox.configure(RATE, LATENCY_MS)
     results = []
-    with bench.worker(pool, concurrency, overrides) as worker:
+    with bench.worker(pool, overrides) as fleet:
         for i in range(runs):
             bench.reset()
             throttle = {"status": 429, "headers": {"Retry-After": str(RETRY_AFTER)}}
             bench.sandbox.control("script", {"responses": [throttle]})
-            one = drain(bench, worker, one_meter_groups(n, f"storm{i}"), timeout=120 + n / RATE)
+            one = drain(bench, fleet, one_meter_groups(n, f"storm{i}"), timeout=120 + n / RATE)
             results.append(_storm_figures({**one, **call_log(bench)}, n))
     return _result(
-        {"pool": f"{pool} × {concurrency}", **overrides, "sandbox": f"{RATE}/s, {LATENCY_MS} ms"},
+        {"pool": label(*pool), **overrides, "sandbox": f"{RATE}/s, {LATENCY_MS} ms"},
         results,
         requests=n,
         calls_in_pause=max(r["calls_in_pause"] for r in results),
@@ -141,16 +153,17 @@ def _storm_figures(one: dict[str, Any], n: int) -> dict[str, Any]:
 # --- 4. bulk trigger, 6. coalescing -----------------------------------------------------------
 
 
-def coalescing(bench: Bench, pool: str, concurrency: int, runs: int, s1_rps: float) -> dict:
+def coalescing(bench: Bench, pool: Pool, runs: int, s1_rps: float) -> dict:
     """Defaults (coalescing on): scenario 1's burst, the bulk trigger, a lone request's wait."""
     bench.sandbox.configure(RATE, LATENCY_MS)
     overrides = {"UTILITYAPI_RATE_LIMIT": RATE}
-    with bench.worker(pool, concurrency, overrides) as worker:
-        burst = _coalesced_burst(bench, worker, runs, s1_rps)
-        bulk = _bulk_trigger(bench, worker, runs)
+    with bench.worker(pool, overrides) as fleet:
+        burst = _coalesced_burst(bench, fleet, runs, s1_rps)
+        bulk = _bulk_trigger(bench, fleet, runs)
         lone = _lone_latency(bench, bench.counts["lone"])
-    settings = {"pool": f"{pool} × {concurrency}", **overrides, **_coalescing_settings()}
-    return {"settings": settings, "burst": burst, "bulk": bulk, "lone": lone}
+        stream = _streams(bench, fleet, bench.counts["stream"])
+    settings = {"pool": label(*pool), **overrides, **_coalescing_settings()}
+    return {"settings": settings, "burst": burst, "bulk": bulk, "lone": lone, "stream": stream}
 
 
 def _coalescing_settings() -> dict[str, Any]:
@@ -160,11 +173,11 @@ def _coalescing_settings() -> dict[str, Any]:
     return {name: getattr(settings, name) for name in names}
 
 
-def _coalesced_burst(bench: Bench, worker: Any, runs: int, s1_rps: float) -> dict[str, Any]:
+def _coalesced_burst(bench: Bench, fleet: Any, runs: int, s1_rps: float) -> dict[str, Any]:
     n, results = bench.counts["rate"], []
     for i in range(runs):
         bench.reset()
-        one = drain(bench, worker, one_meter_groups(n, f"co{i}"), timeout=300)
+        one = drain(bench, fleet, one_meter_groups(n, f"co{i}"), timeout=300)
         results.append({**one, **call_log(bench)})
     return _result(
         {"sandbox": f"{RATE}/s, {LATENCY_MS} ms"},
@@ -179,7 +192,7 @@ def _coalesced_burst(bench: Bench, worker: Any, runs: int, s1_rps: float) -> dic
     )
 
 
-def _bulk_trigger(bench: Bench, worker: Any, runs: int) -> dict[str, Any]:
+def _bulk_trigger(bench: Bench, fleet: Any, runs: int) -> dict[str, Any]:
     """10,000 registry meters in groups of COLLECTIONS_MAX_METERS_PER_REQUEST."""
     from django.conf import settings
 
@@ -189,7 +202,7 @@ def _bulk_trigger(bench: Bench, worker: Any, runs: int) -> dict[str, Any]:
     results = []
     for _ in range(runs):
         bench.reset()
-        results.append({**drain(bench, worker, groups, timeout=300), **call_log(bench)})
+        results.append({**drain(bench, fleet, groups, timeout=300), **call_log(bench)})
     return _result(
         {"group_size": size},
         results,
@@ -211,6 +224,31 @@ def _lone_latency(bench: Bench, samples: int) -> dict[str, Any]:
             bench.reset()
             out[f"window_{window}ms"] = statistics.median(_lone(i) for i in range(samples))
     return out
+
+
+def _streams(bench: Bench, fleet: Any, n: int) -> dict[str, Any]:
+    """Requests created one by one, as fast as one API client can (a transaction each): how
+    many calls they took, with the default window and without one."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    out = {}
+    for window in sorted({0, settings.COLLECTIONS_COALESCE_WINDOW_MS}):
+        with override_settings(COLLECTIONS_COALESCE_WINDOW_MS=window):
+            out[f"window_{window}ms"] = _stream(bench, fleet, n, f"s{window}")
+    return out
+
+
+def _stream(bench: Bench, fleet: Any, n: int, prefix: str) -> dict[str, Any]:
+    from collections_app import services
+
+    bench.reset()
+    start = time.time()
+    for i in range(n):
+        services.request_collection([f"{prefix}-{i}"], source="api")
+    created = time.time() - start
+    one = {**run.wait_drained(bench, fleet, start, n), **call_log(bench)}
+    return {"requests": n, "create_s": created, "calls": one["calls"], "drain_s": one["drain_s"]}
 
 
 def _lone(i: int) -> float:

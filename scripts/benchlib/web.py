@@ -90,4 +90,3 @@ def _api_token(bench: Any) -> str:
         cmd, cwd=ROOT, env=bench.env({}), check=True, capture_output=True, text=True
     )
     return done.stdout.strip().splitlines()[-1].strip()
-

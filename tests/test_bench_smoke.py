@@ -1,0 +1,83 @@
+"""`make bench` in --quick mode: it runs every scenario end to end and writes a sane report.
+
+Tiny counts and one run, so that it takes well under a minute; no timing is asserted (the
+machine may be shared), only that every scenario produced figures of the right shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from .conftest import ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("bench")
+    cmd = [sys.executable, "scripts/bench.py", "--quick", "--pools", "threads:4",
+           "--database", "bench_smoke", "--redis-db", "10",
+           "--out", str(out / "benchmarks.md"), "--json", str(out / "results.json")]  # fmt: skip
+    env = {**os.environ, "BENCH_REDIS_URL": os.environ["CELERY_BROKER_URL"]}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return (out / "benchmarks.md").read_text(), json.loads((out / "results.json").read_text())
+
+
+def test_report_has_every_section_and_the_machine(quick_run: tuple[str, dict[str, Any]]) -> None:
+    report, results = quick_run
+    for heading in ["## Machine", "## Summary against the targets", "## 1. At the rate limit",
+                    "## 2. Overhead", "## 3. Throttle storm", "## 4. Bulk trigger",
+                    "## 5. Database scale", "## 6. Coalescing", "## How to run"]:  # fmt: skip
+        assert heading in report
+    assert results["machine"]["cores (nproc)"] == os.cpu_count()
+    assert results["machine"]["PostgreSQL"] and results["machine"]["Redis"]
+
+
+def test_every_request_reached_an_outcome(quick_run: tuple[str, dict[str, Any]]) -> None:
+    _, results = quick_run
+    drains = [*results["rate"][0]["runs"], *results["storm"]["runs"]]
+    for latency in ("50ms", "0ms"):
+        drains += results["overhead"][0][latency]["runs"]
+    drains += results["coalescing"]["burst"]["runs"] + results["coalescing"]["bulk"]["runs"]
+    for run in drains:
+        assert run["pending"] + run["failed"] == run["requests"] > 0
+        assert run["drain_s"] > 0 and run["worker_cpu_ms_per_request"] > 0
+
+
+def test_figures_are_sane(quick_run: tuple[str, dict[str, Any]]) -> None:
+    _, results = quick_run
+    rate = results["rate"][0]["summary"]
+    assert rate["rate_ratio"] > 0 and rate["status_429"] >= 0 and rate["busiest_second"] > 0
+    assert results["overhead"][0]["50ms"]["summary"]["bare_rps"] > 0
+    assert results["web"]["cpu_ms_per_request"] > 0
+    storm = results["storm"]["runs"][0]
+    assert storm["by_status"].get("429", 0) >= 1  # the scripted throttle was answered
+    burst = results["coalescing"]["burst"]["summary"]
+    assert 1 <= burst["calls"] < burst["requests"]  # coalesced into fewer calls
+    assert all(page["status"] == 200 for page in results["scale"]["pages"].values())
+    assert all(mb > 0 for mb in results["memory"].values())
+
+
+def test_bench_database_is_dropped_afterwards(quick_run: tuple[str, dict[str, Any]]) -> None:
+    import psycopg
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from benchlib.state import default_server_url
+
+    with psycopg.connect(default_server_url()) as conn:
+        found = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bench_smoke'").fetchone()
+    assert found is None
+
+
+def test_unknown_scenario_is_refused() -> None:
+    cmd = [sys.executable, "scripts/bench.py", "--only", "nonsense"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "unknown scenario" in done.stderr
