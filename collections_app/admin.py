@@ -73,25 +73,7 @@ class CollectionRequestAdmin(admin.ModelAdmin):
     show_full_result_count = False
     inlines = [AttemptInline]
     actions = ["retry_failed"]
-    fields = [
-        "id",
-        "status",
-        "meters",
-        "collection_duration",
-        "accepted_meters",
-        "ignored_meters",
-        "attempts",
-        "next_attempt_at",
-        "error",
-        "error_description",
-        "last_http_status",
-        "source",
-        "requested_by",
-        "idempotency_key",
-        "task",
-        "created",
-        "updated",
-    ]
+    fields = [*CollectionRequest.PUBLIC_FIELDS, "requested_by", "idempotency_key", "task"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return self.fields

@@ -15,22 +15,7 @@ from rest_framework import serializers
 from ..models import CollectionRequest
 from ..validation import UID_MAX_LENGTH
 
-FIELDS = [
-    "id",
-    "status",
-    "meters",
-    "collection_duration",
-    "accepted_meters",
-    "ignored_meters",
-    "attempts",
-    "next_attempt_at",
-    "error",
-    "error_description",
-    "last_http_status",
-    "source",
-    "created",
-    "updated",
-]
+FIELDS = list(CollectionRequest.PUBLIC_FIELDS)
 INPUT_FIELDS = {"meters", "collection_duration"}
 # validation's uid rule (no control characters, nothing str.isspace() calls whitespace) spelt
 # out, since `\s` means less in JSON Schema (ECMA-262) than in Python.
