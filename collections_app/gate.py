@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -71,6 +72,14 @@ return {0, 0}
 """
 CLEAR_TO_SEND_TRIES = 20
 
+# KEYS: the pause. ARGV: its value, its length in ms. A longer pause in force is kept.
+PAUSE = """
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 0
+"""
+
 
 @dataclass(frozen=True)
 class Reservation:
@@ -101,8 +110,8 @@ def _script(url: str, source: str) -> Script:
     return _redis(url).register_script(source)
 
 
-def _run(source: str, keys: list[str], args: Sequence[str | int]) -> list[int]:
-    return list(_script(settings.CELERY_BROKER_URL, source)(keys=keys, args=args))
+def _run(source: str, keys: list[str], args: Sequence[str | int]) -> Any:
+    return _script(settings.CELERY_BROKER_URL, source)(keys=keys, args=args)
 
 
 def interval_seconds() -> float:
@@ -155,9 +164,7 @@ def pause(kind: str, seconds: float, reason: str) -> None:
     key, ms = PAUSE_KEYS[kind], max(1, int(seconds * 1000))
     value = json.dumps({"until": time.time() + seconds, "reason": reason})
     try:
-        r = connection()
-        if r.pttl(key) < ms:
-            r.set(key, value, px=ms)
+        _run(PAUSE, [key], [value, ms])  # one round trip: the other workers see it sooner
     except redis.RedisError as err:
         log.error("cannot store the %s pause in Redis (%s): %s", kind, type(err).__name__, reason)
 

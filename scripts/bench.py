@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-db", action="store_true", help="keep the database afterwards")
     parser.add_argument("--only", default=",".join(SCENARIOS), help="scenarios to run")
     parser.add_argument("--worker-tree", type=Path, help="run the workers from this checkout")
+    parser.add_argument("--from-json", type=Path, help="only write the report of a --json file")
     args = parser.parse_args(argv)
     if args.quick:
         args.runs = 1
@@ -93,6 +94,9 @@ def run_all(bench: Bench, pools: list[Pool], only: list[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args, started = parse_args(argv), time.monotonic()
+    if args.from_json:
+        report.write(json.loads(args.from_json.read_text()), args.out)
+        return 0
     if args.worker_tree:
         procs.WORKER_ROOT = args.worker_tree.resolve()
     target = state.make_target(args.database, args.redis_db)
