@@ -12,8 +12,8 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from . import selectors, services
-from .forms import CollectionRequestForm
 from .api import tokens
+from .forms import CollectionRequestForm
 from .models import ApiToken, Attempt, CollectionRequest, Source, Status
 
 TRIGGER_PERMISSION = "collections_app.trigger_collection"
@@ -155,8 +155,8 @@ class ApiTokenAdmin(admin.ModelAdmin):
     list_display = ["prefix", "name", "user", "created", "last_used_at", "revoked_at"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["prefix", "name", "user__username"]
-    readonly_fields = ["prefix", "name", "user", "created", "last_used_at", "revoked_at"]
-    fields = readonly_fields
+    fields = ("prefix", "name", "user", "created", "last_used_at", "revoked_at")
+    readonly_fields = fields
     actions = ["revoke"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:

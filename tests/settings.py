@@ -12,4 +12,4 @@ os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
 os.environ.setdefault("UTILITYAPI_TOKEN", "sandbox-token")
 os.environ.setdefault("COLLECTIONS_COALESCE_WINDOW_MS", "0")
 
-from project.settings import *  # noqa: E402, F403
+from project.settings import *  # noqa: F403
