@@ -1,4 +1,4 @@
-"""Operators' view: every field read-only; writes go through services.py."""
+"""Operators' view: every field read-only; writes go through the services package."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Data and invariants only: every write and status transition lives in services.py."""
+"""Data and invariants only: every write and status transition lives in the services package."""
 
 import uuid
 

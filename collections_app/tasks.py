@@ -1,8 +1,8 @@
 """Thin tasks: take an id, call a service.
 
-UtilityAPI's answers are never retried through Celery: the policy in services.py stores the
-next attempt on the row. Celery retries only the infrastructure failing under the task (the
-database restarting), with a short backoff.
+UtilityAPI's answers are never retried through Celery: the policy in services/outcomes.py
+stores the next attempt on the row. Celery retries only the infrastructure failing under the
+task (the database restarting), with a short backoff.
 """
 
 from celery import shared_task

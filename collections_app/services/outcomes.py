@@ -1,222 +1,29 @@
-"""Every write to a collection request and every status transition.
-
-Entry points (request_collection, retry_failed), the broker dispatch, the sweep, and the
-recording of what one POST answered. The send pipeline itself is in delivery.py.
-"""
+"""Claims and outcomes: lease due rows (with coalesced companions), defer them, and apply
+the retry policy to what one POST answered."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from .client import Accepted
-from .exceptions import PermanentError, Throttled, UtilityAPIError
-from .models import Attempt, CollectionRequest, Source, Status
-from .ops import heartbeat
-from .validation import clean_duration, clean_meters, invalid
+from ..client import Accepted
+from ..exceptions import PermanentError, Throttled, UtilityAPIError
+from ..models import Attempt, CollectionRequest, Status
+from .broker import _dispatch_on_commit
+from .transitions import transition
 
 log = logging.getLogger(__name__)
-
-# (from, to): the only status changes there are.
-ALLOWED_TRANSITIONS = {
-    (Status.SUBMITTED, Status.SUBMITTED),  # another attempt is scheduled
-    (Status.SUBMITTED, Status.PENDING),  # UtilityAPI accepted it
-    (Status.SUBMITTED, Status.FAILED),  # UtilityAPI refused it, or retries ran out
-    (Status.FAILED, Status.SUBMITTED),  # an operator retries it
-}
-SWEEP_BATCH = 5000
 LOOKAHEAD = 100  # due rows looked at past the meter budget, for smaller ones that still fit
-
-
-class TransitionError(Exception):
-    pass
-
-
-def transition(request: CollectionRequest, to: Status, **fields: Any) -> None:
-    """Move `request` to status `to` in memory (the caller saves), refusing unlisted moves."""
-    if (request.status, to) not in ALLOWED_TRANSITIONS:
-        raise TransitionError(f"{request.id}: {request.status} → {to} is not allowed")
-    request.status = to
-    for name, value in fields.items():
-        setattr(request, name, value)
-
-
-# --- entry points -------------------------------------------------------------------------------
-
-
-def request_collection(
-    meters: Any,
-    collection_duration: Any = None,
-    *,
-    source: str = Source.API,
-    requested_by: Any = None,
-    idempotency_key: str = "",
-) -> CollectionRequest:
-    """Validate, store and (once the transaction commits) enqueue one collection request.
-
-    Raises ValidationError naming the field; then nothing is stored or sent. With an
-    idempotency key already used by the same user for the same input, returns that request.
-    """
-    meters = clean_meters(meters)
-    collection_duration = clean_duration(collection_duration)
-    if source not in Source.values:
-        raise invalid("source", f"source must be one of {', '.join(Source.values)}.")
-    if len(idempotency_key) > 255:
-        raise invalid("idempotency_key", "idempotency_key is longer than 255 characters.")
-    fields = {"meters": meters, "collection_duration": collection_duration}
-    if idempotency_key:
-        existing = _find_idempotent(requested_by, idempotency_key, fields)
-        if existing:
-            return existing
-    try:
-        with transaction.atomic():
-            request = CollectionRequest.objects.create(
-                **fields,
-                source=source,
-                requested_by=requested_by,
-                idempotency_key=idempotency_key,
-                next_attempt_at=timezone.now(),
-            )
-            _dispatch_on_commit([request.pk])
-    except IntegrityError:
-        if not idempotency_key:
-            raise
-        existing = _find_idempotent(requested_by, idempotency_key, fields)  # lost a race
-        assert existing is not None
-        return existing
-    return request
-
-
-def request_collections(
-    meter_groups: Sequence[list[str]],
-    collection_duration: Any = None,
-    *,
-    source: str = Source.REGISTRY,
-    requested_by: Any = None,
-) -> list[CollectionRequest]:
-    """Store many requests at once (bulk triggers); validated like request_collection."""
-    collection_duration = clean_duration(collection_duration)
-    groups = [clean_meters(group) for group in meter_groups]
-    now = timezone.now()
-    with transaction.atomic():
-        created = CollectionRequest.objects.bulk_create(
-            CollectionRequest(
-                meters=group,
-                collection_duration=collection_duration,
-                source=source,
-                requested_by=requested_by,
-                next_attempt_at=now,
-            )
-            for group in groups
-        )
-        _dispatch_on_commit([r.pk for r in created])
-    return created
-
-
-def _find_idempotent(user: Any, key: str, fields: dict[str, Any]) -> CollectionRequest | None:
-    existing = CollectionRequest.objects.filter(requested_by=user, idempotency_key=key).first()
-    if existing and (existing.meters, existing.collection_duration) != tuple(fields.values()):
-        raise invalid(
-            "idempotency_key",
-            "This Idempotency-Key was already used for a request with other meters or duration.",
-        )
-    return existing
-
-
-def retry_failed(requests: Iterable[CollectionRequest]) -> int:
-    """Give failed requests a fresh set of attempts; returns how many were resubmitted."""
-    now = timezone.now()
-    ids = []
-    with transaction.atomic():
-        for request in CollectionRequest.objects.select_for_update().filter(
-            pk__in=[r.pk for r in requests], status=Status.FAILED
-        ):
-            transition(
-                request,
-                Status.SUBMITTED,
-                attempts=0,
-                next_attempt_at=now,
-                error="",
-                error_description="",
-                last_http_status=None,
-            )
-            request.save()
-            ids.append(request.pk)
-        _dispatch_on_commit(ids)
-    return len(ids)
-
-
-# --- the broker -----------------------------------------------------------------------------
-
-
-def _dispatch_on_commit(ids: list[Any], countdown: float = 0.0) -> None:
-    if ids:
-        transaction.on_commit(lambda: dispatch(ids, countdown))
-
-
-def dispatch(ids: Sequence[Any], countdown: float = 0.0) -> int:
-    """Send "look at row X" messages. If the broker is down the rows stay due, and the
-    sweep sends them later: nothing is lost. Returns how many were sent."""
-    from .tasks import send_collection
-
-    if countdown <= 0 and settings.COLLECTIONS_BATCH_MAX_METERS > 1:
-        # Coalescing: a fresh request waits the window for others due with it to share its
-        # POST. With coalescing off the wait would buy nothing (and each message would go
-        # through the worker's ETA timer instead of straight to a thread).
-        countdown = settings.COLLECTIONS_COALESCE_WINDOW_MS / 1000
-    sent: list[Any] = []
-    try:
-        for pk in ids:
-            send_collection.apply_async((str(pk),), countdown=countdown or None)
-            sent.append(pk)
-    except Exception as err:  # kombu/redis errors vary by transport: log and leave to the sweep
-        log.warning(
-            "broker unavailable (%s): %d request(s) wait for the sweep",
-            type(err).__name__,
-            len(ids) - len(sent),
-        )
-    due = timezone.now() + timedelta(seconds=countdown)
-    for chunk in _chunks(sent, 1000):
-        CollectionRequest.objects.filter(pk__in=chunk).update(dispatched_at=due)
-    return len(sent)
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    return (items[i : i + size] for i in range(0, len(items), size))
-
-
-def sweep() -> dict[str, int]:
-    """Free rows whose worker died holding them, and re-dispatch due rows whose message was
-    lost or never sent (a broker outage, or a wait too long for a broker countdown)."""
-    now = timezone.now()
-    stale = now - timedelta(seconds=settings.COLLECTIONS_STUCK_AFTER_SECONDS)
-    submitted = CollectionRequest.objects.filter(status=Status.SUBMITTED)
-    orphaned = list(submitted.filter(lease_expires_at__lt=now).values_list("pk", flat=True))
-    submitted.filter(pk__in=orphaned, lease_expires_at__lt=now).update(
-        lease_token=None, lease_expires_at=None
-    )
-    due = submitted.filter(next_attempt_at__lte=now, lease_expires_at__isnull=True)
-    forgotten = due.filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=stale))
-    ids = list(dict.fromkeys([*orphaned, *forgotten.values_list("pk", flat=True)[:SWEEP_BATCH]]))
-    sent = dispatch(ids) if ids else 0
-    if ids:
-        log.info("sweep: %d orphaned, %d re-dispatched", len(orphaned), sent)
-    result = {"orphaned": len(orphaned), "dispatched": sent}
-    heartbeat.record_sweep(result)  # the dashboard's "sweep last ran"
-    return result
-
-
-# --- claims and outcomes ----------------------------------------------------------------------
 
 
 def lease_seconds() -> float:
