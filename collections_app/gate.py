@@ -183,20 +183,6 @@ def pauses() -> list[Pause]:
     return out
 
 
-def record_call() -> None:
-    """Note that a POST went out now (kept for five minutes, for the measured call rate).
-    Only the dashboard reads it: a Redis error is logged, never raised, so that the outcome
-    of the POST is still recorded."""
-    now = time.time()
-    try:
-        pipe = connection().pipeline()
-        pipe.zadd(CALLS_KEY, {uuid.uuid4().hex: now})
-        pipe.zremrangebyscore(CALLS_KEY, 0, now - 300)
-        pipe.execute()
-    except redis.RedisError as err:
-        log.warning("cannot count the call in Redis: %s", type(err).__name__)
-
-
 def call_rate(window: float = 60.0) -> float:
     """POSTs per second sent by the whole fleet over the last `window` seconds."""
     now = time.time()
