@@ -145,14 +145,6 @@ def clear_to_send() -> float:
     return 1.0  # a second stayed full throughout: let the caller come back later
 
 
-def paused_for() -> float:
-    """Seconds left on any pause in force (0 when calls may go out)."""
-    pipe = connection().pipeline()
-    for key in PAUSE_KEYS.values():
-        pipe.pttl(key)
-    return max(0, *pipe.execute()) / 1000
-
-
 def pause(kind: str, seconds: float, reason: str) -> None:
     """Stop every worker calling for `seconds`; an existing longer pause is kept.
 

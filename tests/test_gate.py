@@ -18,6 +18,11 @@ def clean(redis_db: Any, settings: Any) -> None:
     settings.UTILITYAPI_RATE_HEADROOM = 0.0
 
 
+def paused_for() -> float:
+    """Seconds left on the longest pause in force, read through gate.pauses()."""
+    return max([p.until - time.time() for p in gate.pauses()], default=0.0)
+
+
 def test_slots_are_spaced_one_interval_apart() -> None:
     waits = [gate.reserve(max_wait=5).wait for _ in range(10)]
     assert waits[0] == pytest.approx(0, abs=0.005)
@@ -61,18 +66,18 @@ def test_a_pause_stops_everyone_and_says_why() -> None:
     refused = gate.reserve()
     assert not refused.granted and refused.paused
     assert 2.5 < refused.wait <= 3
-    assert 2.5 < gate.paused_for() <= 3
+    assert 2.5 < paused_for() <= 3
     (pause,) = gate.pauses()
     assert pause.kind == "throttle" and "Retry-After 3s" in pause.reason
     gate.clear_pause("throttle")
-    assert gate.reserve().granted and gate.paused_for() == 0
+    assert gate.reserve().granted and paused_for() == 0
 
 
 def test_a_shorter_pause_does_not_cut_a_longer_one() -> None:
     gate.pause("account", 60, "402 payment_required")
     gate.pause("account", 1, "later, shorter")
     (pause,) = gate.pauses()
-    assert pause.reason == "402 payment_required" and gate.paused_for() > 50
+    assert pause.reason == "402 payment_required" and paused_for() > 50
 
 
 def test_call_rate_counts_recent_calls() -> None:
