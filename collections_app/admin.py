@@ -12,11 +12,9 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from . import selectors, services
-from .api import tokens
 from .forms import CollectionRequestForm
-from .models import ApiToken, Attempt, CollectionRequest, Source, Status
-
-TRIGGER_PERMISSION = "collections_app.trigger_collection"
+from .models import TRIGGER_PERMISSION, ApiToken, Attempt, CollectionRequest, Source, Status
+from .services import tokens
 
 
 class AttemptInline(admin.TabularInline):

@@ -22,11 +22,11 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html, format_html_join
 
-from . import meters, pricing
-from .models import Meter
+from . import pricing
+from .models import COLLECTABLE, MAX_MONTHS, MIN_MONTHS, TRIGGER_PERMISSION, Meter
+from .services import bulk_trigger
 from .validation import clean_duration
 
-TRIGGER_PERMISSION = "collections_app.trigger_collection"
 CONFIRM, ESTIMATE = "confirm", "estimate"  # the confirmation page's two submit buttons
 BADGE = '<span style="background:{};color:#fff;border-radius:4px;padding:1px 6px">{}</span>'
 BADGE_COLOURS = {"revoked": "#ba2121", "expired": "#c86400", "archived": "#666"}
@@ -37,11 +37,13 @@ class TriggerForm(forms.Form):
 
     collection_duration = forms.IntegerField(
         required=False,
-        min_value=1,
-        max_value=36,
+        min_value=MIN_MONTHS,
+        max_value=MAX_MONTHS,
         label="Months to collect",
-        help_text="1–36. Empty: the account's default (12 or 36 months).",
-        widget=forms.NumberInput(attrs={"min": 1, "max": 36, "style": "width:6em"}),
+        help_text=f"{MIN_MONTHS}–{MAX_MONTHS}. Empty: the account's default (12 or 36 months).",
+        widget=forms.NumberInput(
+            attrs={"min": MIN_MONTHS, "max": MAX_MONTHS, "style": "width:6em"}
+        ),
     )
     expected = forms.IntegerField(min_value=0, widget=forms.HiddenInput)
     shown_at = forms.CharField(widget=forms.HiddenInput)
@@ -69,9 +71,9 @@ class CollectableFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
         if self.value() == "yes":
-            return queryset.filter(meters.COLLECTABLE)
+            return queryset.filter(COLLECTABLE)
         if self.value() == "no":
-            return queryset.exclude(meters.COLLECTABLE)
+            return queryset.exclude(COLLECTABLE)
         return queryset
 
 
@@ -183,14 +185,14 @@ class MeterAdmin(admin.ModelAdmin):
         """Create the requests; False (the reason added to the form) when nothing was."""
         data = form.cleaned_data
         try:
-            created = meters.trigger(
+            created = bulk_trigger.trigger(
                 queryset,
                 data["collection_duration"],
                 requested_by=request.user,
                 expected=data["expected"],
                 shown_at=data["shown_at"],
             )
-        except meters.TriggerConflict as err:
+        except bulk_trigger.TriggerConflict as err:
             form.add_error(None, str(err))
             return False
         count = sum(len(r.meters) for r in created)
@@ -205,7 +207,7 @@ class MeterAdmin(admin.ModelAdmin):
     def _confirmation_page(
         self, request: HttpRequest, queryset: QuerySet, form: TriggerForm
     ) -> TemplateResponse:
-        plan = meters.plan(queryset)
+        plan = bulk_trigger.plan(queryset)
         duration = None
         if form.is_bound and "collection_duration" not in form.errors:  # validates the form
             duration = form.cleaned_data.get("collection_duration")
@@ -215,7 +217,7 @@ class MeterAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
             "form": form,
             "plan": plan,
-            "batch_size": meters.batch_size(),
+            "max_meters": bulk_trigger.max_meters_per_request(),
             "estimate": pricing.estimate(plan.collectable, duration),
             "prices": _price_table(),
             "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),

@@ -1,7 +1,7 @@
 """The UtilityAPI client: the one place that speaks HTTP to the vendor.
 
-No model imports; explicit timeouts; returns a dataclass or raises from exceptions.py.
-Vendor reference: shared/utilityapi-historical-collection.txt and utilityapi-notes.md.
+No model imports; explicit timeouts; returns a dataclass or raises from exceptions.py. Every
+call it makes is run through collections_app.gate by its caller.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -33,6 +34,7 @@ TRANSIENT_STATUSES = {408, 502, 503, 504}
 ACCOUNT_STATUSES = {401, 402}
 BODY_EXCERPT = 300
 DESCRIPTION_MAX = 2000  # characters of the vendor's error_description kept
+MAX_PAGES = 10_000  # a `next` chain longer than this is a vendor loop, not a listing
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ def _accepted(response: requests.Response) -> Accepted:
     )
 
 
-def raise_for_answer(response: requests.Response) -> Accepted:
+def parse_answer(response: requests.Response) -> Accepted:
     """Map one HTTP answer to Accepted or to the typed error the retry policy acts on."""
     code = response.status_code
     if 200 <= code < 300:
@@ -187,18 +189,34 @@ class UtilityAPIClient:
         if collection_duration is not None:
             body["collection_duration"] = collection_duration
         response = self._send("POST", self.url, json=body)
-        return raise_for_answer(response)
+        return parse_answer(response)
 
     def get_json(self, url: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """GET a JSON object (used by the meter sync); errors are typed like the POST's."""
+        """GET a JSON object (a path under the base URL, or a full URL such as a page's
+        `next`); errors are typed like the POST's."""
         full = url if url.startswith(("http://", "https://")) else self.base_url + url
         response = self._send("GET", full, params=params)
         if response.status_code != 200:
-            raise_for_answer(response)
+            parse_answer(response)  # raises the typed error
         body = _json_object(response)
         if body is None:
             raise BadResponse("bad_response", f"not a JSON object: {_excerpt(response)!r}")
         return body
+
+    def next_page(self, body: dict[str, Any], visited: set[str], endpoint: str) -> str | None:
+        """A listing page's `next` link, checked: it must stay on the API's host, since the
+        Bearer token goes with it, and must not loop. `visited` holds the pages read."""
+        nxt = body.get("next")
+        if nxt is None or nxt == "":
+            return None
+        if not isinstance(nxt, str) or not nxt.startswith(("http://", "https://")):
+            raise BadResponse("bad_response", f"{endpoint} gave an unusable next link: {nxt!r}")
+        if urlsplit(nxt)[:2] != urlsplit(self.base_url)[:2]:
+            raise BadResponse("bad_response", f"{endpoint} gave a next link to another host")
+        if nxt in visited or len(visited) >= MAX_PAGES:
+            where = urlsplit(nxt).path
+            raise BadResponse("bad_response", f"{endpoint} paging does not end ({where} again)")
+        return nxt
 
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         try:
@@ -248,6 +266,6 @@ __all__ = [
     "UtilityAPIClient",
     "UtilityAPIError",
     "get_client",
+    "parse_answer",
     "parse_retry_after",
-    "raise_for_answer",
 ]

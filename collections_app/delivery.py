@@ -14,12 +14,15 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 from django.utils import timezone
 
-from . import gate, services
+from . import gate
 from .client import Accepted, get_client
-from .exceptions import AccountError, PermanentError, Throttled, UtilityAPIError
+from .exceptions import PermanentError, UtilityAPIError
 from .models import CollectionRequest, Status
+from .services import leases, outcomes
+from .services.outcomes import Call
 
 log = logging.getLogger(__name__)
+ENDPOINT = "POST /meters/historical-collection"
 
 
 def deliver(request_id: str, task_id: str = "") -> str:
@@ -29,32 +32,28 @@ def deliver(request_id: str, task_id: str = "") -> str:
     row = CollectionRequest.objects.filter(pk=request_id).first()
     if row is None or row.status != Status.SUBMITTED:
         return "nothing to do"
-    batch = services.claim(request_id, task_id, row=row)
+    batch = leases.claim(request_id, task_id, row=row)
     if not batch:
         return "not due, or held by another worker"
     return send(batch, task_id)  # during a pause, the gate refuses a slot and send defers
 
 
 def send(batch: Sequence[CollectionRequest], task_id: str) -> str:
-    """POST the batch's meters once, at the next rate-limit slot, and record the answer."""
-    slot = gate.reserve(max_wait=settings.COLLECTIONS_SLOT_MAX_WAIT_SECONDS)
-    if not slot.granted:
-        services.defer(batch, slot.wait)
-        return f"deferred {slot.wait:.2f}s ({'paused' if slot.paused else 'rate limit'})"
-    time.sleep(slot.wait)
-    paused = gate.clear_to_send()  # a 429 may have arrived while this worker slept
-    if paused:
-        services.defer(batch, paused)
-        return f"paused for {paused:.1f}s"
-    services.renew(batch)
-    outcome, call = _post(batch, task_id)
-    _pause_fleet_if_needed(outcome)
+    """POST the batch's meters once, through the fleet's gate, and record the answer."""
+    call = Call(uuid.uuid4(), timezone.now(), 0, task_id)
+    try:
+        outcome: Accepted | UtilityAPIError = gate.call(ENDPOINT, lambda: _post(batch, call))
+    except gate.Held as held:
+        outcomes.defer(batch, held.wait)
+        return f"deferred: {held}"
+    except UtilityAPIError as err:
+        outcome = err
     if _must_split(batch, outcome):
         assert isinstance(outcome, UtilityAPIError)
-        _record(services.record_split, batch, outcome, call)
+        _record(outcomes.record_split, batch, outcome, call)
         middle = len(batch) // 2
         return "; ".join(send(half, task_id) for half in (batch[:middle], batch[middle:]))
-    _record(services.record_outcome, batch, outcome, call)
+    _record(outcomes.record_outcome, batch, outcome, call)
     return _summary(batch, outcome)
 
 
@@ -76,28 +75,16 @@ def _record(record: Any, *args: Any) -> None:
             wait = min(wait * 2, 2.0)
 
 
-def _post(
-    batch: Sequence[CollectionRequest], task_id: str
-) -> tuple[Accepted | UtilityAPIError, services.Call]:
+def _post(batch: Sequence[CollectionRequest], call: Call) -> Accepted:
+    """The POST itself, its lease renewed first; `call` notes when it started and how long
+    it took (the attempt rows' figures)."""
+    leases.renew(batch)
     meters = list(dict.fromkeys(m for request in batch for m in request.meters))
-    started, clock = timezone.now(), time.monotonic()
-    outcome: Accepted | UtilityAPIError
+    call.started, clock = timezone.now(), time.monotonic()
     try:
-        outcome = get_client().historical_collection(meters, batch[0].collection_duration)
-    except UtilityAPIError as err:
-        outcome = err
-    elapsed = int((time.monotonic() - clock) * 1000)
-    return outcome, services.Call(uuid.uuid4(), started, elapsed, task_id)
-
-
-def _pause_fleet_if_needed(outcome: Accepted | UtilityAPIError) -> None:
-    if isinstance(outcome, Throttled):
-        reason = f"429 from UtilityAPI: Retry-After {outcome.retry_after:g}s"
-        gate.pause("throttle", outcome.retry_after or 0, reason)
-    elif isinstance(outcome, AccountError):
-        reason = f"{outcome.status_code} {outcome.error}: {outcome.description}"
-        gate.pause("account", settings.COLLECTIONS_ACCOUNT_PAUSE_SECONDS, reason)
-        log.error("UtilityAPI account unusable, all calls paused: %s", reason)
+        return get_client().historical_collection(meters, batch[0].collection_duration)
+    finally:
+        call.duration_ms = int((time.monotonic() - clock) * 1000)
 
 
 def _must_split(batch: Sequence[CollectionRequest], outcome: Accepted | UtilityAPIError) -> bool:

@@ -3,6 +3,7 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
+from .models import MAX_MONTHS, MIN_MONTHS
 from .validation import clean_duration, clean_meters, parse_meter_text
 
 
@@ -15,9 +16,10 @@ class CollectionRequestForm(forms.Form):
     )
     collection_duration = forms.IntegerField(
         required=False,
-        min_value=1,
-        max_value=36,
-        help_text="Months to collect, 1–36. Empty: the account's default (12 or 36).",
+        min_value=MIN_MONTHS,
+        max_value=MAX_MONTHS,
+        help_text=f"Months to collect, {MIN_MONTHS}–{MAX_MONTHS}. Empty: the account's default "
+        "(12 or 36).",
     )
 
     def clean_meters(self) -> list[str]:

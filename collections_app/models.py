@@ -6,6 +6,13 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+# The rules every entry point shares, in one place (collections_app.validation applies them).
+MIN_MONTHS, MAX_MONTHS = 1, 36  # the collection_duration UtilityAPI takes
+UID_MAX_LENGTH = 64  # a meter uid, as stored
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+# Collections cost money: triggering one needs this permission besides "add".
+TRIGGER_PERMISSION = "collections_app.trigger_collection"
+
 
 class Status(models.TextChoices):
     SUBMITTED = "submitted", "Submitted"  # stored, waiting for or between attempts
@@ -34,7 +41,9 @@ class CollectionRequest(models.Model):
     status = models.CharField(max_length=16, choices=Status, default=Status.SUBMITTED)
     meters = models.JSONField(help_text="Meter uids, as asked.")
     collection_duration = models.PositiveSmallIntegerField(
-        null=True, blank=True, help_text="Months, 1–36; empty means the account's default."
+        null=True,
+        blank=True,
+        help_text=f"Months, {MIN_MONTHS}–{MAX_MONTHS}; empty means the account's default.",
     )
     accepted_meters = models.JSONField(default=list, blank=True)
     ignored_meters = models.JSONField(
@@ -51,7 +60,7 @@ class CollectionRequest(models.Model):
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    idempotency_key = models.CharField(max_length=255, blank=True)
+    idempotency_key = models.CharField(max_length=IDEMPOTENCY_KEY_MAX_LENGTH, blank=True)
     # Delivery bookkeeping: a worker that claims the row holds it until lease_expires_at;
     # dispatched_at is when the last "look at this row" message was due.
     lease_token = models.UUIDField(null=True, blank=True, editable=False)
@@ -67,8 +76,8 @@ class CollectionRequest(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=Q(collection_duration__isnull=True)
-                | Q(collection_duration__gte=1, collection_duration__lte=36),
-                name="collection_duration_1_to_36",
+                | Q(collection_duration__gte=MIN_MONTHS, collection_duration__lte=MAX_MONTHS),
+                name=f"collection_duration_{MIN_MONTHS}_to_{MAX_MONTHS}",
             ),
             models.CheckConstraint(condition=Q(status__in=Status.values), name="status_known"),
             models.UniqueConstraint(
@@ -138,7 +147,7 @@ class ApiToken(models.Model):
 class Meter(models.Model):
     """A meter as UtilityAPI's GET /meters last described it (synced, never edited here)."""
 
-    uid = models.CharField(max_length=64, unique=True)
+    uid = models.CharField(max_length=UID_MAX_LENGTH, unique=True)
     authorization_uid = models.CharField(max_length=64, blank=True, db_index=True)
     utility = models.CharField(max_length=100, blank=True)
     vendor_status = models.CharField(max_length=32, blank=True)
@@ -159,6 +168,6 @@ class Meter(models.Model):
     def __str__(self) -> str:
         return self.uid
 
-    @property
-    def collectable(self) -> bool:
-        return not (self.authorization_revoked or self.authorization_expired or self.is_archived)
+
+# A meter the bulk trigger collects: its authorization live, the meter not archived.
+COLLECTABLE = Q(authorization_revoked=False, authorization_expired=False, is_archived=False)

@@ -1,6 +1,6 @@
 """What a historical collection costs: UtilityAPI's on-demand price table, as pure functions.
 
-Pricing page (shared/utilityapi-notes.md, "Limits and money"): per meter, 1–7 months cost
+UtilityAPI's pricing page: per meter, 1–7 months cost
 $1.50 a month; 8–12 months $12 flat; 13–36 months $12 plus $1.50 a month past 12. Failed
 collections are charged only for the months actually collected, so an estimate is an upper
 bound. The two amounts are settings (COLLECTIONS_PRICE_PER_MONTH, COLLECTIONS_PRICE_FLAT_12).
@@ -13,7 +13,8 @@ from decimal import Decimal
 
 from django.conf import settings
 
-MIN_MONTHS, MAX_MONTHS = 1, 36
+from .models import MAX_MONTHS, MIN_MONTHS
+
 FLAT_FROM, FLAT_UNTIL = 8, 12  # the flat band
 # The account's default duration is 12 or 36 months (the vendor's historical-collection page);
 # when a request leaves it empty, the cost lies between those two.

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from typing import Any
 
 from django.db.models import Q, QuerySet
 
-from . import gate
-from .models import CollectionRequest
+from .gate import pauses
 
 log = logging.getLogger(__name__)
 
@@ -34,33 +33,21 @@ def _supports_json_contains(queryset: QuerySet) -> bool:
     return connections[queryset.db].features.supports_json_field_contains
 
 
-@dataclass(frozen=True)
-class PauseInfo:
-    kind: str
-    until: datetime
-    reason: str
-
-    @property
-    def message(self) -> str:
-        what = "Rate limited" if self.kind == "throttle" else "UtilityAPI account unusable"
-        return (
-            f"{what}: no calls to UtilityAPI until {self.until:%H:%M:%S} UTC; "
-            f"waiting requests stay submitted. ({self.reason})"
-        )
-
-
-def active_pauses() -> list[PauseInfo]:
+def active_pauses() -> list[pauses.Pause]:
     """Pauses in force now; empty (and logged) when Redis cannot be asked."""
     try:
-        pauses = gate.pauses()
+        return pauses.in_force()
     except Exception as err:  # Redis down: the page must still render
         log.warning("cannot read pauses from Redis: %s", type(err).__name__)
         return []
-    return [PauseInfo(p.kind, datetime.fromtimestamp(p.until, UTC), p.reason) for p in pauses]
 
 
-def requests_by_status() -> dict[str, int]:
-    from django.db.models import Count
-
-    rows = CollectionRequest.objects.order_by().values("status").annotate(n=Count("pk"))
-    return {row["status"]: row["n"] for row in rows}
+def parse_sweep_record(raw: bytes | str | None) -> dict[str, Any] | None:
+    """The sweep's last run ({"at": epoch seconds, ...counts}), or None if never recorded."""
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        return {**data, "at": float(data["at"])}
+    except (ValueError, KeyError, TypeError):
+        return None

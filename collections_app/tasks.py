@@ -8,14 +8,14 @@ task (the database restarting), with a short backoff.
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from . import delivery, meters, services
+from . import delivery, services
+from .services import registry
 
 INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, ConnectionError)
 
 
 @shared_task(
     bind=True,
-    acks_late=True,
     autoretry_for=INFRASTRUCTURE_ERRORS,
     retry_backoff=1,
     retry_backoff_max=30,
@@ -44,4 +44,4 @@ def sweep() -> dict[str, int]:
 def sync_meters() -> dict[str, int]:
     """Periodic (beat): refresh the meter registry from UtilityAPI; returns the counts.
     UtilityAPI's errors are not retried here: the next scheduled run tries again."""
-    return meters.sync_meters().as_dict()
+    return registry.sync_meters().as_dict()

@@ -13,8 +13,14 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-UID_MAX_LENGTH = 64
-_BAD_UID_CHARS = re.compile(r"[\s\x00-\x1f\x7f\ud800-\udfff]")  # lone surrogates: not text
+from .models import IDEMPOTENCY_KEY_MAX_LENGTH, MAX_MONTHS, MIN_MONTHS, UID_MAX_LENGTH
+
+# What a meter uid may not hold: control characters and whatever str.isspace() calls white
+# space. One definition for the check below and the API schema's pattern (JSON Schema's `\s`
+# means less than Python's); lone surrogates are refused besides, since they are not text.
+UID_FORBIDDEN = "\u0000-\u0020\u007f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+UID_PATTERN = f"^[^{UID_FORBIDDEN}]+$"
+_BAD_UID_CHARS = re.compile(f"[{UID_FORBIDDEN}\ud800-\udfff]")
 
 
 def invalid(field: str, message: str, code: str = "invalid_param") -> ValidationError:
@@ -63,11 +69,23 @@ def clean_duration(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise invalid(
             "collection_duration",
-            "collection_duration must be a whole number of months from 1 to 36, or null.",
+            f"collection_duration must be a whole number of months from {MIN_MONTHS} to "
+            f"{MAX_MONTHS}, or null.",
         )
-    if not 1 <= value <= 36:
+    if not MIN_MONTHS <= value <= MAX_MONTHS:
         raise invalid(
-            "collection_duration", f"collection_duration must be from 1 to 36 months, not {value}."
+            "collection_duration",
+            f"collection_duration must be from {MIN_MONTHS} to {MAX_MONTHS} months, not {value}.",
+        )
+    return value
+
+
+def clean_idempotency_key(value: str) -> str:
+    """An Idempotency-Key of at most IDEMPOTENCY_KEY_MAX_LENGTH characters ("" for none)."""
+    if len(value) > IDEMPOTENCY_KEY_MAX_LENGTH:
+        raise invalid(
+            "idempotency_key",
+            f"idempotency_key is longer than {IDEMPOTENCY_KEY_MAX_LENGTH} characters.",
         )
     return value
 

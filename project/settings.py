@@ -150,6 +150,11 @@ COLLECTIONS_COALESCE_WINDOW_MS = env_int("COLLECTIONS_COALESCE_WINDOW_MS", 20)
 COLLECTIONS_MAX_METERS_PER_REQUEST = env_int("COLLECTIONS_MAX_METERS_PER_REQUEST", 1000, minimum=1)
 # Waits up to this long are carried by the broker (a countdown); longer ones by the sweep.
 COLLECTIONS_BROKER_COUNTDOWN_MAX_SECONDS = env_int("COLLECTIONS_BROKER_COUNTDOWN_MAX_SECONDS", 60)
+# A worker holds a claimed row this long past its HTTP timeouts before the sweep frees it.
+COLLECTIONS_LEASE_MARGIN_SECONDS = env_int("COLLECTIONS_LEASE_MARGIN_SECONDS", 30)
+# A caller sleeps for its rate-limit slot when it comes within this many seconds; a later slot
+# sends the row back through the broker instead of holding a worker thread.
+COLLECTIONS_SLOT_MAX_WAIT_SECONDS = env_float("COLLECTIONS_SLOT_MAX_WAIT_SECONDS", 2)
 # On-demand prices per meter in USD, for the admin's cost estimate (collections_app/pricing.py):
 # 1–7 months PER_MONTH each; 8–12 months FLAT_12; 13–36 months FLAT_12 + PER_MONTH past 12.
 COLLECTIONS_PRICE_PER_MONTH = env_float("COLLECTIONS_PRICE_PER_MONTH", 1.50)
@@ -157,12 +162,25 @@ COLLECTIONS_PRICE_FLAT_12 = env_float("COLLECTIONS_PRICE_FLAT_12", 12.00)
 
 # --- Meter registry (docs/meters.md) ----------------------------------------------------------
 METERS_SYNC_INTERVAL_SECONDS = env_int("METERS_SYNC_INTERVAL_SECONDS", 3600, minimum=1)
+# The longest Retry-After or fleet pause a sync waits out; a longer one stops it until its next run.
+METERS_SYNC_MAX_WAIT_SECONDS = env_float("METERS_SYNC_MAX_WAIT_SECONDS", 60)
 
 # --- Celery (https://docs.celeryq.dev/en/stable/userguide/configuration.html) -----------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+# The fleet's shared state (rate limit, pauses, the sweep's last run): the broker's Redis
+# unless the broker is something else.
+REDIS_URL = os.environ.get("REDIS_URL", "") or CELERY_BROKER_URL
+# One cache for every process (the dashboard's probes, rate limits), in that Redis.
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "collections:cache",
+        "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
+    }
+}
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True  # task name, args and worker kept with each result row
-CELERY_CACHE_BACKEND = "django-cache"
 CELERY_TASK_ACKS_LATE = True  # a message is acknowledged only when its task has finished...
 CELERY_TASK_REJECT_ON_WORKER_LOST = True  # ...and redelivered if the worker died running it
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -221,20 +239,19 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
 }
 
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "").strip().upper() or "INFO"
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(
+        f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {LOG_LEVEL!r}"
+    )
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"urllib3": {"level": "WARNING"}},
 }
-
-# A worker holds a claimed row this long past its HTTP timeouts before the sweep frees it.
-COLLECTIONS_LEASE_MARGIN_SECONDS = env_int("COLLECTIONS_LEASE_MARGIN_SECONDS", 30)
-# A worker sleeps for its rate-limit slot when it comes within this many seconds; a later slot
-# sends the row back through the broker instead of holding a worker thread.
-COLLECTIONS_SLOT_MAX_WAIT_SECONDS = env_float("COLLECTIONS_SLOT_MAX_WAIT_SECONDS", 2)
 
 # --- Ops dashboard (/ops/, /ops/metrics.json, /metrics; see docs/dashboard.md) -----------------
 # The oldest `submitted` request turns the stalls panel amber past this age.

@@ -8,9 +8,11 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.urls import reverse
 
-from collections_app import gate, services
+from collections_app import services
 from collections_app.exceptions import PermanentError
+from collections_app.gate import pauses
 from collections_app.models import CollectionRequest
+from collections_app.services import outcomes
 
 from .test_services import call, claimed
 
@@ -74,7 +76,7 @@ def test_adding_needs_the_trigger_permission(client: Any, operator: Any) -> None
 
 def test_detail_page_is_read_only_and_shows_attempts(client: Any, operator: Any) -> None:
     (request,) = claimed(["m-1"])
-    services.record_outcome(
+    outcomes.record_outcome(
         [request], PermanentError("not_found", "None exist.", status_code=404), call()
     )
     page = client.get(reverse("admin:collections_app_collectionrequest_change", args=[request.pk]))
@@ -92,7 +94,7 @@ def test_detail_page_is_read_only_and_shows_attempts(client: Any, operator: Any)
 
 def test_retry_action_resubmits_failed_requests(client: Any, operator: Any, redis_db: Any) -> None:
     (failed,) = claimed(["m-1"])
-    services.record_outcome([failed], PermanentError("http_500", "boom", status_code=500), call())
+    outcomes.record_outcome([failed], PermanentError("http_500", "boom", status_code=500), call())
     waiting = services.request_collection(["m-2"], 3)
     response = client.post(
         LIST, {"action": "retry_failed", "_selected_action": [failed.pk, waiting.pk]}, follow=True
@@ -116,13 +118,13 @@ def test_list_filters_and_search_by_meter_uid(client: Any, operator: Any) -> Non
 
 
 def test_list_says_why_calls_are_paused(client: Any, operator: Any, redis_db: Any) -> None:
-    gate.pause("account", 60, "402 payment_required: add funds")
+    pauses.pause("account", 60, "402 payment_required: add funds")
     html = client.get(LIST).content.decode()
     assert "UtilityAPI account unusable" in html and "add funds" in html
 
 
 def test_api_tokens_are_revoked_from_the_admin(admin_client: Any, django_user_model: Any) -> None:
-    from collections_app.api import tokens
+    from collections_app.services import tokens
 
     user = django_user_model.objects.create_user("app")
     token, raw = tokens.issue(user, "web app")

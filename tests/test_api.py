@@ -24,11 +24,11 @@ from django.utils import timezone
 from django.utils.crypto import get_random_string
 
 from collections_app import services
-from collections_app.api import tokens
 from collections_app.api.errors import RequestTooLarge
 from collections_app.api.parsers import BoundedJSONParser
 from collections_app.api.serializers import FIELDS, UID_PATTERN
 from collections_app.models import ApiToken, CollectionRequest, Status
+from collections_app.services import tokens
 from collections_app.validation import clean_meters
 
 pytestmark = pytest.mark.django_db

@@ -16,8 +16,8 @@ import schemathesis
 from django.contrib.auth.models import Permission
 from hypothesis import HealthCheck, settings
 
-from collections_app.api import tokens
 from collections_app.models import CollectionRequest
+from collections_app.services import tokens
 
 # 422 is this API's documented answer to an Idempotency-Key reused with another body, which
 # two generated cases may well do.

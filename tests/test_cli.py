@@ -16,9 +16,9 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
 
-from collections_app.api import tokens
 from collections_app.api.serializers import FIELDS
 from collections_app.models import ApiToken, CollectionRequest, Status
+from collections_app.services import tokens
 
 from .conftest import ROOT
 

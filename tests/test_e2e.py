@@ -10,6 +10,7 @@ import pytest
 
 from collections_app import services
 from collections_app.models import Attempt, CollectionRequest, Status
+from collections_app.services import broker
 
 from .conftest import wait_until
 
@@ -133,7 +134,7 @@ def test_429_is_honoured_by_every_worker(start_worker: Any, sandbox: Any, form: 
 def test_duplicate_delivery_posts_once(worker: Any, sandbox: Any) -> None:
     sandbox.state.latency_ms = 300
     request = services.request_collection(["m-1"])
-    services.dispatch([request.pk, request.pk, request.pk])
+    broker.dispatch([request.pk, request.pk, request.pk])
     (request,) = settled(request)
     time.sleep(0.5)  # give a straggling duplicate the chance to (wrongly) POST
     assert request.status == Status.PENDING

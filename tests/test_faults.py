@@ -32,6 +32,7 @@ from django.urls import reverse
 
 from collections_app import services, tasks
 from collections_app.models import Attempt, CollectionRequest, Status
+from collections_app.services import broker
 
 from .conftest import ROOT, Worker, wait_until, worker_env
 
@@ -198,14 +199,14 @@ def api_available() -> bool:
 
     try:
         resolve("/api/collections/")
-        from collections_app.api import tokens  # noqa: F401
+        from collections_app.services import tokens  # noqa: F401
     except (Resolver404, ImportError):
         return False
     return True
 
 
 def api_trigger(client: Any, user: Any, meters: list[str], duration: int) -> Any:
-    from collections_app.api import tokens
+    from collections_app.services import tokens
 
     _, raw = tokens.issue(user, "faults")
     return client.post(
@@ -628,7 +629,7 @@ def test_two_workers_racing_post_each_request_once(
     began = time.monotonic()
     with transaction.atomic():  # all due together, all dispatched when this commits
         ids = [services.request_collection([f"race-{i}"], 12).pk for i in range(count)]
-    services.dispatch(ids)  # and every message a second time
+    broker.dispatch(ids)  # and every message a second time
     wait_until(sweeping(ids), timeout=60, interval=0.25)
     took = time.monotonic() - began
     calls = posts(sandbox)

@@ -1,7 +1,7 @@
 """Property-based tests (hypothesis): whatever UtilityAPI answers, and whatever people type.
 
 Answers: any status 100-599, any headers (Retry-After in every shape), any body bytes go
-through client.raise_for_answer and then services.record_outcome on a claimed row: a defined
+through client.parse_answer and then outcomes.record_outcome on a claimed row: a defined
 status, a storable error, nothing raised. Input: the service, the admin form, the JSON API and
 the CLI against an independent statement of the rules: invalid input names the field and
 stores nothing; valid input is stored as given.
@@ -41,6 +41,7 @@ from collections_app.exceptions import (
 )
 from collections_app.forms import CollectionRequestForm
 from collections_app.models import CollectionRequest, Status
+from collections_app.services import leases, outcomes
 
 pytestmark = pytest.mark.django_db
 
@@ -121,7 +122,7 @@ def response(status: int, headers: dict[str, str], body: bytes) -> requests.Resp
 
 def outcome_of(status: int, headers: dict[str, str], body: bytes) -> Accepted | UtilityAPIError:
     try:
-        return client.raise_for_answer(response(status, headers, body))
+        return client.parse_answer(response(status, headers, body))
     except UtilityAPIError as err:
         return err
 
@@ -177,11 +178,11 @@ def test_any_answer_is_recorded_as_a_defined_status(
 ) -> None:
     CollectionRequest.objects.all().delete()
     request = services.request_collection(["m-1", "m-2"], 12)
-    batch = services.claim(request.pk, "fuzz-task")
+    batch = leases.claim(request.pk, "fuzz-task")
     assert [r.pk for r in batch] == [request.pk]
     outcome = outcome_of(status, headers, body)
-    call = services.Call(uuid.uuid4(), timezone.now(), 5, "fuzz-task")
-    services.record_outcome(batch, outcome, call)
+    call = outcomes.Call(uuid.uuid4(), timezone.now(), 5, "fuzz-task")
+    outcomes.record_outcome(batch, outcome, call)
 
     row = CollectionRequest.objects.get(pk=request.pk)
     attempt = row.http_attempts.get()
@@ -334,7 +335,7 @@ def test_admin_form_and_add_view_agree_with_the_rules(
 
 @pytest.fixture
 def api_token(admin_user: Any) -> str:
-    tokens = pytest.importorskip("collections_app.api.tokens")
+    tokens = pytest.importorskip("collections_app.services.tokens")
     return str(tokens.issue(admin_user, "fuzz")[1])
 
 

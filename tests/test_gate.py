@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from collections_app import gate
+from collections_app import redis_state
+from collections_app.gate import limiter, pauses
 
 
 @pytest.fixture(autouse=True)
@@ -19,12 +20,12 @@ def clean(redis_db: Any, settings: Any) -> None:
 
 
 def paused_for() -> float:
-    """Seconds left on the longest pause in force, read through gate.pauses()."""
-    return max([p.until - time.time() for p in gate.pauses()], default=0.0)
+    """Seconds left on the longest pause in force, read through pauses.in_force()."""
+    return max([p.until - time.time() for p in pauses.in_force()], default=0.0)
 
 
 def test_slots_are_spaced_one_interval_apart() -> None:
-    waits = [gate.reserve(max_wait=5).wait for _ in range(10)]
+    waits = [limiter.reserve(max_wait=5).wait for _ in range(10)]
     assert waits[0] == pytest.approx(0, abs=0.005)
     gaps = [b - a for a, b in itertools.pairwise(waits)]
     assert all(gap == pytest.approx(0.02, abs=0.004) for gap in gaps), gaps
@@ -32,16 +33,16 @@ def test_slots_are_spaced_one_interval_apart() -> None:
 
 def test_headroom_widens_the_spacing(settings: Any) -> None:
     settings.UTILITYAPI_RATE_HEADROOM = 0.5
-    gate.reserve()
-    assert gate.reserve().wait == pytest.approx(0.04, abs=0.005)
+    limiter.reserve()
+    assert limiter.reserve().wait == pytest.approx(0.04, abs=0.005)
 
 
 def test_a_slot_beyond_max_wait_is_refused_and_not_taken() -> None:
     for _ in range(5):
-        gate.reserve(max_wait=1)
-    refused = gate.reserve(max_wait=0.05)
+        limiter.reserve(max_wait=1)
+    refused = limiter.reserve(max_wait=0.05)
     assert not refused.granted and not refused.paused and refused.wait > 0.05
-    assert gate.reserve(max_wait=1).wait == pytest.approx(refused.wait, abs=0.01)
+    assert limiter.reserve(max_wait=1).wait == pytest.approx(refused.wait, abs=0.01)
 
 
 def test_concurrent_callers_never_share_a_slot() -> None:
@@ -49,7 +50,7 @@ def test_concurrent_callers_never_share_a_slot() -> None:
 
     def take() -> None:
         for _ in range(20):
-            waits.append(gate.reserve(max_wait=10).wait)
+            waits.append(limiter.reserve(max_wait=10).wait)
 
     threads = [threading.Thread(target=take) for _ in range(5)]
     for t in threads:
@@ -62,58 +63,58 @@ def test_concurrent_callers_never_share_a_slot() -> None:
 
 
 def test_a_pause_stops_everyone_and_says_why() -> None:
-    gate.pause("throttle", 3, "429 from UtilityAPI: Retry-After 3s")
-    refused = gate.reserve()
+    pauses.pause("throttle", 3, "429 from UtilityAPI: Retry-After 3s")
+    refused = limiter.reserve()
     assert not refused.granted and refused.paused
     assert 2.5 < refused.wait <= 3
     assert 2.5 < paused_for() <= 3
-    (pause,) = gate.pauses()
+    (pause,) = pauses.in_force()
     assert pause.kind == "throttle" and "Retry-After 3s" in pause.reason
-    gate.clear_pause("throttle")
-    assert gate.reserve().granted and paused_for() == 0
+    redis_state.connection().delete(pauses.KEYS["throttle"])
+    assert limiter.reserve().granted and paused_for() == 0
 
 
 def test_a_shorter_pause_does_not_cut_a_longer_one() -> None:
-    gate.pause("account", 60, "402 payment_required")
-    gate.pause("account", 1, "later, shorter")
-    (pause,) = gate.pauses()
+    pauses.pause("account", 60, "402 payment_required")
+    pauses.pause("account", 1, "later, shorter")
+    (pause,) = pauses.in_force()
     assert pause.reason == "402 payment_required" and paused_for() > 50
 
 
 def test_call_rate_counts_recent_calls() -> None:
     for _ in range(30):
-        assert gate.clear_to_send() == 0.0  # each call it clears is logged as sent
-    assert gate.call_rate(window=60) == pytest.approx(0.5)
+        assert limiter.wait_before_send() == 0.0  # each call it clears is logged as sent
+    assert limiter.call_rate(window=60) == pytest.approx(0.5)
 
 
 def _sent_in_the_last_second(redis_db: Any, calls: int, age: float) -> None:
     seconds, micros = redis_db.time()
     now = seconds + micros / 1e6
-    redis_db.zadd(gate.CALLS_KEY, {f"old-{i}": now - age for i in range(calls)})
+    redis_db.zadd(limiter.CALLS_KEY, {f"old-{i}": now - age for i in range(calls)})
 
 
 def test_clear_to_send_logs_the_call_for_the_measured_rate() -> None:
-    assert gate.clear_to_send() == 0.0
-    assert gate.call_rate(window=60) == pytest.approx(1 / 60)
+    assert limiter.wait_before_send() == 0.0
+    assert limiter.call_rate(window=60) == pytest.approx(1 / 60)
 
 
 def test_clear_to_send_holds_a_caller_back_while_the_last_second_is_full(
     redis_db: Any,
 ) -> None:
-    _sent_in_the_last_second(redis_db, gate.window_cap(), age=0.8)  # a bunch of late wakers
+    _sent_in_the_last_second(redis_db, limiter.window_cap(), age=0.8)  # a bunch of late wakers
     started = time.monotonic()
-    assert gate.clear_to_send() == 0.0
+    assert limiter.wait_before_send() == 0.0
     assert 0.15 <= time.monotonic() - started < 0.5  # until the bunch was a second old
-    assert redis_db.zcard(gate.CALLS_KEY) == gate.window_cap() + 1
+    assert redis_db.zcard(limiter.CALLS_KEY) == limiter.window_cap() + 1
 
 
 def test_clear_to_send_reports_a_pause_and_logs_nothing(redis_db: Any) -> None:
-    gate.pause("throttle", 2, "429 from UtilityAPI: Retry-After 2s")
-    assert 1.5 < gate.clear_to_send() <= 2
-    assert redis_db.zcard(gate.CALLS_KEY) == 0
+    pauses.pause("throttle", 2, "429 from UtilityAPI: Retry-After 2s")
+    assert 1.5 < limiter.wait_before_send() <= 2
+    assert redis_db.zcard(limiter.CALLS_KEY) == 0
 
 
 def test_window_cap_is_what_the_spacing_lets_out(settings: Any) -> None:
-    assert gate.window_cap() == 50
+    assert limiter.window_cap() == 50
     settings.UTILITYAPI_RATE_HEADROOM = 0.03
-    assert gate.window_cap() == 49  # 48.5 calls a second, rounded up
+    assert limiter.window_cap() == 49  # 48.5 calls a second, rounded up

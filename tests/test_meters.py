@@ -26,9 +26,11 @@ from django.urls import reverse
 from django.utils import timezone
 from responses import matchers
 
-from collections_app import gate, meters, pricing, tasks
+from collections_app import pricing, tasks
 from collections_app.exceptions import AccountError, BadResponse, Throttled
-from collections_app.models import CollectionRequest, Meter
+from collections_app.gate import pauses
+from collections_app.models import COLLECTABLE, CollectionRequest, Meter
+from collections_app.services import bulk_trigger, registry
 
 from .conftest import ROOT
 
@@ -49,7 +51,7 @@ def sandbox_flags(i: int) -> tuple[bool, bool]:
 @pytest.mark.django_db
 def test_sync_reads_every_page_and_records_flags(sandbox: Any) -> None:
     sandbox.state.meter_count = 2500
-    result = meters.sync_meters()
+    result = registry.sync_meters()
     expected_revoked = sum(sandbox_flags(i)[0] for i in range(2500))
     expected_expired = sum(sandbox_flags(i)[1] for i in range(2500))
     assert (result.pages, result.seen, result.created, result.updated) == (3, 2500, 2500, 0)
@@ -68,11 +70,11 @@ def test_sync_reads_every_page_and_records_flags(sandbox: Any) -> None:
 @pytest.mark.django_db
 def test_resync_is_idempotent_and_keeps_last_request(sandbox: Any) -> None:
     sandbox.state.meter_count = 1200
-    meters.sync_meters()
+    registry.sync_meters()
     request = CollectionRequest.objects.create(meters=["100001"])
     Meter.objects.filter(uid="100001").update(last_request=request)
     before = Meter.objects.get(uid="100001").synced_at
-    again = meters.sync_meters()
+    again = registry.sync_meters()
     assert (again.pages, again.seen, again.created, again.updated) == (2, 1200, 0, 1200)
     assert Meter.objects.count() == 1200
     meter = Meter.objects.get(uid="100001")
@@ -82,11 +84,11 @@ def test_resync_is_idempotent_and_keeps_last_request(sandbox: Any) -> None:
 @pytest.mark.django_db
 def test_revocation_shows_after_the_next_sync(sandbox: Any) -> None:
     sandbox.state.meter_count = 1500
-    meters.sync_meters()
+    registry.sync_meters()
     assert not Meter.objects.filter(authorization_uid="5003", authorization_revoked=True).exists()
     sandbox.state.revoked_authorizations.add("5003")  # meters 100030–100039
     sandbox.state.triggered["100040"] = 0.0  # the vendor now reports a running collection
-    meters.sync_meters()
+    registry.sync_meters()
     revoked = set(Meter.objects.filter(authorization_revoked=True).values_list("uid", flat=True))
     assert {str(100030 + n) for n in range(10)} <= revoked
     initially = sum(sandbox_flags(i)[0] for i in range(1500))
@@ -130,7 +132,7 @@ def test_sync_command_exits_non_zero(sandbox: Any) -> None:
 
 
 @pytest.mark.django_db
-def test_task_runs_the_sync(sandbox: Any) -> None:
+def test_task_runs_the_sync(sandbox: Any, redis_db: Any) -> None:
     sandbox.state.meter_count = 25
     counts = tasks.sync_meters.apply().get()
     assert counts["seen"] == 25 and counts["pages"] == 1
@@ -189,7 +191,7 @@ def test_real_vendor_shape_unknown_and_missing_attributes(vendor: Any) -> None:
         vendor_meter("1", status="pending", is_activated=True, brand_new={"x": 1}, notes=[]),
     ]
     vendor.get(f"{BASE}/meters", json={"meters": page, "next": None, "extra": "ignored"})
-    result = meters.sync_meters()
+    result = registry.sync_meters()
     assert (result.seen, result.created, result.invalid) == (6, 6, 4)
     rows = {m.uid: m for m in Meter.objects.all()}
     assert rows["1"].vendor_status == "pending" and rows["1"].raw["brand_new"] == {"x": 1}
@@ -212,7 +214,7 @@ def test_transient_errors_are_retried_per_page(vendor: Any) -> None:
     vendor.get(second, status=503, body="<html>maintenance</html>")
     vendor.get(second, status=429, headers={"Retry-After": "0"}, body="")
     vendor.get(second, json={"meters": [vendor_meter("2")], "next": None})
-    result = meters.sync_meters()
+    result = registry.sync_meters()
     assert (result.pages, result.seen) == (2, 2)
     assert len(vendor.calls) == 4
 
@@ -221,10 +223,10 @@ def test_transient_errors_are_retried_per_page(vendor: Any) -> None:
 def test_a_long_retry_after_stops_the_sync_and_pauses_the_fleet(vendor: Any) -> None:
     vendor.get(f"{BASE}/meters", status=429, headers={"Retry-After": "600"})
     with pytest.raises(Throttled):
-        meters.sync_meters()
-    assert gate.pauses()[0].until - time.time() > 500  # the delivery workers wait too
-    with pytest.raises(meters.SyncPaused):
-        meters.sync_meters()  # no call goes out while paused
+        registry.sync_meters()
+    assert pauses.in_force()[0].until - time.time() > 500  # the delivery workers wait too
+    with pytest.raises(registry.SyncPaused):
+        registry.sync_meters()  # no call goes out while paused
     assert len(vendor.calls) == 1
 
 
@@ -234,7 +236,7 @@ def test_refusal_keeps_the_pages_already_read(vendor: Any) -> None:
     vendor.get(f"{BASE}/meters", json={"meters": [vendor_meter("1")], "next": second}, match=FIRST)
     vendor.get(second, status=401, json={"error": "invalid_token", "error_description": "no"})
     with pytest.raises(AccountError):
-        meters.sync_meters()
+        registry.sync_meters()
     assert list(Meter.objects.values_list("uid", flat=True)) == ["1"]
 
 
@@ -252,7 +254,7 @@ def test_refusal_keeps_the_pages_already_read(vendor: Any) -> None:
 def test_bad_pages_are_refused(vendor: Any, body: dict[str, Any], message: str) -> None:
     vendor.get(f"{BASE}/meters", json=body)
     with pytest.raises(BadResponse, match=message):
-        meters.sync_meters()
+        registry.sync_meters()
     assert len(vendor.calls) == 1  # the token never went to another host
 
 
@@ -412,7 +414,7 @@ def test_bulk_trigger_bundles_and_skips(
     shown = text(page)
     assert page.status_code == 200 and not CollectionRequest.objects.exists()
     assert CONFIRMATION in [t.name for t in page.templates]
-    assert page.context["plan"] == meters.TriggerPlan(
+    assert page.context["plan"] == bulk_trigger.TriggerPlan(
         selected=2516, collectable=2500, revoked=8, expired=6, archived=3, waiting=0
     )
     assert "2500 meter(s) will be collected, in 3 collection request(s) of at most 1000" in shown
@@ -438,7 +440,7 @@ def test_bulk_trigger_bundles_and_skips(
         assert set(Meter.objects.filter(last_request=request).values_list("uid", flat=True)) == set(
             request.meters
         )
-    assert not Meter.objects.exclude(meters.COLLECTABLE).exclude(last_request=None).exists()
+    assert not Meter.objects.exclude(COLLECTABLE).exclude(last_request=None).exists()
 
 
 def test_double_submit_creates_nothing_more(few: dict[str, list[Meter]], operator: Client) -> None:
@@ -457,7 +459,7 @@ def test_select_all_keeps_the_changelist_filter(
     few: dict[str, list[Meter]], operator: Client
 ) -> None:
     earlier = [m.uid for m in few["ok"][5:8]]
-    meters.trigger(
+    bulk_trigger.trigger(
         Meter.objects.filter(uid__in=earlier),
         None,
         requested_by=None,
@@ -571,7 +573,7 @@ def test_confirmation_needs_the_csrf_token(few: dict[str, list[Meter]], operator
 def test_trigger_service_refuses_stale_confirmations(few: dict[str, list[Meter]]) -> None:
     chosen = Meter.objects.filter(pk__in=[m.pk for m in few["ok"][:2]])
     shown_at = timezone.now() - timedelta(seconds=1)
-    meters.trigger(chosen, 3, requested_by=None, expected=2, shown_at=shown_at)
-    with pytest.raises(meters.TriggerConflict):
-        meters.trigger(chosen, 3, requested_by=None, expected=2, shown_at=shown_at)
+    bulk_trigger.trigger(chosen, 3, requested_by=None, expected=2, shown_at=shown_at)
+    with pytest.raises(bulk_trigger.TriggerConflict):
+        bulk_trigger.trigger(chosen, 3, requested_by=None, expected=2, shown_at=shown_at)
     assert CollectionRequest.objects.count() == 1

@@ -20,9 +20,11 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from collections_app import gate, services
+from collections_app import services
+from collections_app.gate import pauses
 from collections_app.models import Attempt, CollectionRequest, Status
 from collections_app.ops import figures, metrics, prometheus, sample
+from collections_app.services import leases
 
 pytestmark = pytest.mark.django_db
 
@@ -132,7 +134,7 @@ def test_stalls(settings: Any) -> None:
     make(Status.SUBMITTED, ago(minutes=8), next_attempt_at=ago(minutes=7),
          lease_expires_at=NOW + timedelta(seconds=margin - 10))  # fmt: skip
     make(Status.SUBMITTED, ago(minutes=1), next_attempt_at=ago(minutes=1),
-         lease_expires_at=NOW + timedelta(seconds=services.lease_seconds() - 1))  # fmt: skip
+         lease_expires_at=NOW + timedelta(seconds=leases.lease_seconds() - 1))  # fmt: skip
     make(Status.PENDING, ago(hours=5))
     stalls = figures.stalls(NOW)
     assert stalls["oldest_submitted_age_seconds"] == 12 * 60
@@ -249,7 +251,7 @@ def test_prometheus_carries_the_figures(
     make(Status.SUBMITTED, recent(minutes=1), attempts=2, next_attempt_at=timezone.now())
     make(Status.FAILED, recent(minutes=1), error="not_found")
     make(Status.FAILED, recent(minutes=2), error="not_found")
-    gate.pause("throttle", 30, "429 from UtilityAPI: Retry-After 30s")
+    pauses.pause("throttle", 30, "429 from UtilityAPI: Retry-After 30s")
     samples = scrape(staff_client(django_user_model))
     assert samples[("collections_requests", (("status", "failed"),))] == 2
     assert samples[("collections_requests", (("status", "submitted"),))] == 1
@@ -307,7 +309,7 @@ def test_database_trouble_still_gives_a_red_snapshot(redis_db: Any) -> None:
 
 
 def test_account_pause_is_red_with_its_reason(redis_db: Any) -> None:
-    gate.pause("account", 120, "402 payment_required: Your account is past due.")
+    pauses.pause("account", 120, "402 payment_required: Your account is past due.")
     snap = metrics.snapshot()
     (pause,) = snap["throttling"]["pauses"]
     assert pause["kind"] == "account" and 118 < pause["seconds_left"] <= 120

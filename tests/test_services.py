@@ -20,17 +20,18 @@ from collections_app.exceptions import (
     TransientError,
 )
 from collections_app.models import Attempt, CollectionRequest, Status
+from collections_app.services import leases, outcomes, policy, transitions
 
 pytestmark = pytest.mark.django_db
 
 
-def call() -> services.Call:
-    return services.Call(uuid.uuid4(), timezone.now(), 42, "task-1")
+def call() -> outcomes.Call:
+    return outcomes.Call(uuid.uuid4(), timezone.now(), 42, "task-1")
 
 
 def claimed(*meter_lists: list[str], duration: int | None = 12) -> list[CollectionRequest]:
     requests = [services.request_collection(m, duration) for m in meter_lists]
-    return services.claim(requests[0].pk, "task-1")
+    return leases.claim(requests[0].pk, "task-1")
 
 
 @pytest.mark.parametrize(
@@ -106,10 +107,12 @@ def test_idempotency_key_returns_the_first_request(django_user_model: Any) -> No
 
 def test_transitions_outside_the_table_are_refused() -> None:
     request = CollectionRequest(meters=["m"], status=Status.PENDING)
-    with pytest.raises(services.TransitionError):
-        services.transition(request, Status.SUBMITTED)
-    with pytest.raises(services.TransitionError):
-        services.transition(CollectionRequest(meters=["m"], status=Status.FAILED), Status.PENDING)
+    with pytest.raises(transitions.TransitionError):
+        transitions.transition(request, Status.SUBMITTED)
+    with pytest.raises(transitions.TransitionError):
+        transitions.transition(
+            CollectionRequest(meters=["m"], status=Status.FAILED), Status.PENDING
+        )
 
 
 def test_claim_leases_the_request_once_and_takes_due_companions_of_the_same_duration() -> None:
@@ -120,12 +123,12 @@ def test_claim_leases_the_request_once_and_takes_due_companions_of_the_same_dura
     CollectionRequest.objects.filter(pk=later.pk).update(
         next_attempt_at=timezone.now() + timedelta(minutes=5)
     )
-    batch = services.claim(a.pk, "t1")
+    batch = leases.claim(a.pk, "t1")
     assert {r.pk for r in batch} == {a.pk, b.pk}
     assert all(r.lease_token == batch[0].lease_token and r.task_id == "t1" for r in batch)
-    assert services.claim(a.pk, "t2") == [] and services.claim(b.pk, "t2") == []
-    assert [r.pk for r in services.claim(other_duration.pk, "t3")] == [other_duration.pk]
-    assert services.claim(later.pk, "t4") == []  # not due yet
+    assert leases.claim(a.pk, "t2") == [] and leases.claim(b.pk, "t2") == []
+    assert [r.pk for r in leases.claim(other_duration.pk, "t3")] == [other_duration.pk]
+    assert leases.claim(later.pk, "t4") == []  # not due yet
 
 
 def test_claim_respects_the_meter_budget(settings: Any) -> None:
@@ -133,7 +136,7 @@ def test_claim_respects_the_meter_budget(settings: Any) -> None:
     a = services.request_collection(["a1", "a2"], None)
     services.request_collection(["b1", "b2"], None)  # would overflow
     c = services.request_collection(["c1"], None)
-    assert {r.pk for r in services.claim(a.pk, "t")} == {a.pk, c.pk}
+    assert {r.pk for r in leases.claim(a.pk, "t")} == {a.pk, c.pk}
 
 
 def test_expired_lease_can_be_claimed_again() -> None:
@@ -141,12 +144,12 @@ def test_expired_lease_can_be_claimed_again() -> None:
     CollectionRequest.objects.filter(pk=request.pk).update(
         lease_expires_at=timezone.now() - timedelta(seconds=1)
     )
-    assert [r.pk for r in services.claim(request.pk, "t2")] == [request.pk]
+    assert [r.pk for r in leases.claim(request.pk, "t2")] == [request.pk]
 
 
 def test_200_splits_accepted_and_ignored_per_request() -> None:
     batch = claimed(["m-1", "gone-1"], ["m-2"], ["gone-2"])
-    services.record_outcome(batch, Accepted(["m-1", "m-2"], 12), call())
+    outcomes.record_outcome(batch, Accepted(["m-1", "m-2"], 12), call())
     first, second, third = (CollectionRequest.objects.get(pk=r.pk) for r in batch)
     assert (first.status, first.accepted_meters, first.ignored_meters) == (
         "pending",
@@ -167,7 +170,7 @@ def test_429_waits_for_retry_after_without_spending_an_attempt(
     (request,) = claimed(["m"])
     before = timezone.now()
     with django_capture_on_commit_callbacks() as callbacks:
-        services.record_outcome(
+        outcomes.record_outcome(
             [request], Throttled("http_429", "slow", status_code=429, retry_after=30), call()
         )
     request.refresh_from_db()
@@ -184,7 +187,7 @@ def test_long_waits_are_left_to_the_sweep(
     settings.COLLECTIONS_BROKER_COUNTDOWN_MAX_SECONDS = 60
     (request,) = claimed(["m"])
     with django_capture_on_commit_callbacks() as callbacks:
-        services.record_outcome(
+        outcomes.record_outcome(
             [request], Throttled("x", "", status_code=429, retry_after=600), call()
         )
     request.refresh_from_db()
@@ -202,7 +205,7 @@ def test_long_waits_are_left_to_the_sweep(
 )
 def test_permanent_errors_fail_at_once(error: PermanentError, status: int) -> None:
     (request,) = claimed(["m"])
-    services.record_outcome([request], error, call())
+    outcomes.record_outcome([request], error, call())
     request.refresh_from_db()
     assert (request.status, request.error, request.last_http_status) == (
         "failed",
@@ -224,14 +227,14 @@ def test_transient_errors_back_off_then_exhaust(settings: Any, error: TransientE
     settings.COLLECTIONS_MAX_ATTEMPTS = 2
     settings.COLLECTIONS_RETRY_BASE_SECONDS = 10
     (request,) = claimed(["m"])
-    services.record_outcome([request], error, call())
+    outcomes.record_outcome([request], error, call())
     request.refresh_from_db()
     assert request.status == "submitted" and request.attempts == 1
     wait = (request.next_attempt_at - timezone.now()).total_seconds()
     assert 4 <= wait <= 10
     CollectionRequest.objects.filter(pk=request.pk).update(next_attempt_at=timezone.now())
-    (request,) = services.claim(request.pk, "t")
-    services.record_outcome([request], error, call())
+    (request,) = leases.claim(request.pk, "t")
+    outcomes.record_outcome([request], error, call())
     request.refresh_from_db()
     assert (request.status, request.error, request.attempts) == ("failed", "retries_exhausted", 2)
     assert error.error in request.error_description
@@ -241,14 +244,14 @@ def test_backoff_is_exponential_jittered_and_capped(settings: Any) -> None:
     settings.COLLECTIONS_RETRY_BASE_SECONDS = 5
     settings.COLLECTIONS_RETRY_MAX_SECONDS = 60
     for attempts, step in [(1, 5), (2, 10), (3, 20), (4, 40), (5, 60), (12, 60)]:
-        delays = [services.backoff(attempts) for _ in range(50)]
+        delays = [policy.backoff(attempts) for _ in range(50)]
         assert all(step / 2 <= d <= step for d in delays)
         assert len(set(delays)) > 1  # jittered
 
 
 def test_defer_keeps_attempts_and_frees_the_lease() -> None:
     (request,) = claimed(["m"])
-    services.defer([request], 5)
+    outcomes.defer([request], 5)
     request.refresh_from_db()
     assert request.attempts == 0 and request.lease_token is None
     assert request.next_attempt_at > timezone.now() + timedelta(seconds=4)
@@ -259,7 +262,7 @@ def test_retry_failed_resubmits_only_failed_requests(
     django_capture_on_commit_callbacks: Any,
 ) -> None:
     (failed,) = claimed(["m"])
-    services.record_outcome([failed], PermanentError("not_found", "x", status_code=404), call())
+    outcomes.record_outcome([failed], PermanentError("not_found", "x", status_code=404), call())
     pending = services.request_collection(["p"], 3)
     CollectionRequest.objects.filter(pk=pending.pk).update(status=Status.PENDING)
     with django_capture_on_commit_callbacks() as callbacks:

@@ -18,7 +18,7 @@ from rest_framework.authentication import (
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.request import Request
 
-from . import tokens
+from ..services import tokens
 
 
 class BearerTokenAuthentication(BaseAuthentication):

@@ -7,6 +7,8 @@ from typing import Any
 from rest_framework.permissions import DjangoModelPermissions
 from rest_framework.request import Request
 
+from ..models import TRIGGER_PERMISSION
+
 VIEW = "%(app_label)s.view_%(model_name)s"
 
 
@@ -18,7 +20,7 @@ class CollectionRequestPermissions(DjangoModelPermissions):
         "GET": [VIEW],
         "HEAD": [VIEW],
         "OPTIONS": [],
-        "POST": ["%(app_label)s.add_%(model_name)s", "%(app_label)s.trigger_collection"],
+        "POST": ["%(app_label)s.add_%(model_name)s", TRIGGER_PERMISSION],
     }
 
     def has_permission(self, request: Request, view: Any) -> bool:

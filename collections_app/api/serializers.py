@@ -12,16 +12,11 @@ from django.conf import settings
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework import serializers
 
-from ..models import CollectionRequest
-from ..validation import UID_MAX_LENGTH
+from ..models import MAX_MONTHS, MIN_MONTHS, UID_MAX_LENGTH, CollectionRequest
+from ..validation import UID_PATTERN
 
 FIELDS = list(CollectionRequest.PUBLIC_FIELDS)
 INPUT_FIELDS = {"meters", "collection_duration"}
-# validation's uid rule (no control characters, nothing str.isspace() calls whitespace) spelt
-# out, since `\s` means less in JSON Schema (ECMA-262) than in Python.
-UID_PATTERN = (
-    r"^[^\u0000-\u0020\u007f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+$"
-)
 
 
 def _uids(help_text: str) -> serializers.ListField:
@@ -52,16 +47,23 @@ class CollectionRequestInputSerializer(serializers.Serializer):
     meters = serializers.ListField(
         child=serializers.RegexField(UID_PATTERN, max_length=UID_MAX_LENGTH),
         min_length=1,
-        max_length=settings.COLLECTIONS_MAX_METERS_PER_REQUEST,
         help_text="Distinct meter uids (strings). At most COLLECTIONS_MAX_METERS_PER_REQUEST.",
     )
     collection_duration = serializers.IntegerField(
-        min_value=1,
-        max_value=36,
+        min_value=MIN_MONTHS,
+        max_value=MAX_MONTHS,
         allow_null=True,
         required=False,
-        help_text="Months to collect, 1–36; null or absent means the account's default.",
+        help_text=f"Months to collect, {MIN_MONTHS}–{MAX_MONTHS}; null or absent means the "
+        "account's default.",
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Read when the schema is built, not at import, so the setting's current value shows.
+        meters = self.fields["meters"]
+        assert isinstance(meters, serializers.ListField)
+        meters.max_length = settings.COLLECTIONS_MAX_METERS_PER_REQUEST
 
 
 class ErrorSerializer(serializers.Serializer):

@@ -17,7 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from .. import services
-from ..models import CollectionRequest, Source, Status
+from ..models import IDEMPOTENCY_KEY_MAX_LENGTH, CollectionRequest, Source, Status
 from .auth import API_AUTHENTICATION
 from .errors import ApiError
 from .pagination import NewestFirst
@@ -40,7 +40,6 @@ ERROR_MEANINGS = {
     422: "Idempotency-Key reused with other meters or duration (idempotency_key_reused).",
 }
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-IDEMPOTENCY_KEY_MAX = 255  # CollectionRequest.idempotency_key's max_length
 
 
 def errors(*codes: int) -> dict[int, OpenApiResponse]:
@@ -90,7 +89,7 @@ class CollectionRequestList(ApiView, generics.ListAPIView):
         parameters=[
             OpenApiParameter(
                 IDEMPOTENCY_HEADER,
-                {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX},
+                {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH},
                 OpenApiParameter.HEADER,
                 description="Any string unique per request (e.g. a UUID); empty means none.",
             ),
@@ -164,7 +163,8 @@ def trigger(user: Any, meters: Any, duration: Any, key: str) -> CollectionReques
 
 def _key_reused(err: ValidationError, user: Any, key: str) -> bool:
     """The service refused the key itself, and not for its length: it is taken."""
-    if "idempotency_key" not in getattr(err, "error_dict", {}) or len(key) > IDEMPOTENCY_KEY_MAX:
+    too_long = len(key) > IDEMPOTENCY_KEY_MAX_LENGTH
+    if "idempotency_key" not in getattr(err, "error_dict", {}) or too_long:
         return False
     return CollectionRequest.objects.filter(requested_by=user, idempotency_key=key).exists()
 

@@ -17,8 +17,8 @@ from django.db.models import Count, Max, Min, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.urls import reverse
 
-from .. import services
 from ..models import Attempt, CollectionRequest, Status
+from ..services import leases
 
 BUCKET = timedelta(minutes=15)
 BUCKETS = 96  # 24 hours
@@ -113,7 +113,7 @@ def stalls(now: datetime) -> dict[str, Any]:
     threshold; and claimed rows whose attempt has run longer than the HTTP timeouts allow."""
     threshold = settings.OPS_STALL_WARNING_SECONDS
     # A lease runs lease_seconds() from its claim; past the HTTP timeouts only the margin is left.
-    margin = services.lease_seconds() - http_timeout()
+    margin = leases.lease_seconds() - http_timeout()
     overdue = Q(next_attempt_at__lt=now - timedelta(seconds=threshold), lease_expires_at=None)
     long_running = Q(lease_expires_at__lt=now + timedelta(seconds=margin))
     figures = (
@@ -135,7 +135,7 @@ def http_timeout() -> float:
 
 def _with_ages(figures: dict[str, Any], now: datetime, threshold: int) -> dict[str, Any]:
     oldest, expiry = figures.pop("oldest_created"), figures.pop("earliest_lease_expiry")
-    claimed_at = expiry - timedelta(seconds=services.lease_seconds()) if expiry else None
+    claimed_at = expiry - timedelta(seconds=leases.lease_seconds()) if expiry else None
     return {
         "oldest_submitted_at": oldest,
         "oldest_submitted_age_seconds": (now - oldest).total_seconds() if oldest else None,

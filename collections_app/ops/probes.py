@@ -20,8 +20,9 @@ from django.conf import settings
 from django.core.cache import cache as django_cache
 from django.db import DatabaseError, connection
 
-from .. import gate, selectors
-from . import heartbeat
+from .. import selectors
+from ..gate import limiter
+from ..services.broker import SWEEP_KEY
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,8 @@ def broker() -> dict[str, Any]:
         for key in keys:
             pipe.llen(key)
         pipe.hlen(UNACKED_KEY)
-        pipe.get(heartbeat.SWEEP_KEY)
-        _, *lengths, unacked, sweep = pipe.execute()
+        _, *lengths, unacked = pipe.execute()
+        sweep = _client(settings.REDIS_URL, timeout()).get(SWEEP_KEY)
     except (redis.RedisError, OSError) as err:
         return {"ok": False, "ms": _elapsed_ms(started), "error": type(err).__name__}
     return {
@@ -79,7 +80,7 @@ def broker() -> dict[str, Any]:
         "queue": queue,
         "queue_length": sum(lengths),
         "unacked": unacked,
-        "sweep": heartbeat.parse(sweep),
+        "sweep": selectors.parse_sweep_record(sweep),
     }
 
 
@@ -142,15 +143,15 @@ def gate_state() -> dict[str, Any]:
     pauses = [
         {
             "kind": p.kind,
-            "until": p.until,
-            "seconds_left": max((p.until.timestamp() - time.time()), 0.0),
+            "until": p.until_time,
+            "seconds_left": max((p.until - time.time()), 0.0),
             "reason": p.reason,
             "message": p.message,
         }
         for p in selectors.active_pauses()
     ]
     try:
-        rate: float | None = round(gate.call_rate(), 2)
+        rate: float | None = round(limiter.call_rate(), 2)
     except Exception as err:  # Redis went away between the probe and here
         log.warning("cannot read the call rate: %s", type(err).__name__)
         rate = None

@@ -20,7 +20,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from ..models import Attempt, CollectionRequest, Source, Status
-from ..services import lease_seconds
+from ..services.leases import lease_seconds
 
 # error type, HTTP status, the vendor's (or the service's) description
 FAILURES = [

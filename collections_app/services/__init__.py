@@ -1,43 +1,18 @@
-"""Every write to a collection request and every status transition.
+"""Every write: the status transitions (one table) and the rows around them, a module per seam.
 
 - requests: the entry points (request_collection, request_collections, retry_failed);
-- broker: dispatching "look at row X" messages, and the periodic sweep;
-- outcomes: claiming due rows, deferring them, recording what one POST answered;
-- transitions: the one table of allowed status changes.
+- broker: telling workers there is due work, and the periodic sweep;
+- leases: claiming due rows (with coalesced companions) before a call;
+- policy: what one answer means for a request (the retry policy);
+- outcomes: recording what a call answered, or giving rows back untried;
+- transitions: the one table of allowed status changes;
+- registry and bulk_trigger: the meter registry's sync and its bulk trigger;
+- tokens: API tokens.
 
-The send pipeline itself (claim, gate, POST, record) is in delivery.py.
+The send pipeline itself (claim, gate, POST, record) is collections_app.delivery.
 """
 
-from .broker import SWEEP_BATCH, dispatch, sweep
-from .outcomes import (
-    Call,
-    backoff,
-    claim,
-    defer,
-    lease_seconds,
-    record_outcome,
-    record_split,
-    renew,
-)
+from .broker import sweep
 from .requests import request_collection, request_collections, retry_failed
-from .transitions import ALLOWED_TRANSITIONS, TransitionError, transition
 
-__all__ = [
-    "ALLOWED_TRANSITIONS",
-    "SWEEP_BATCH",
-    "Call",
-    "TransitionError",
-    "backoff",
-    "claim",
-    "defer",
-    "dispatch",
-    "lease_seconds",
-    "record_outcome",
-    "record_split",
-    "renew",
-    "request_collection",
-    "request_collections",
-    "retry_failed",
-    "sweep",
-    "transition",
-]
+__all__ = ["request_collection", "request_collections", "retry_failed", "sweep"]

@@ -110,9 +110,11 @@ def _last_update() -> float:
 
 
 def _status_counts() -> dict[str, int]:
-    from collections_app import selectors
+    from collections_app.ops import figures
 
-    return selectors.requests_by_status()
+    counts = figures.status_counts()
+    counts.pop("total")
+    return {status: n for status, n in counts.items() if n}
 
 
 def one_meter_groups(n: int, prefix: str) -> list[list[str]]:

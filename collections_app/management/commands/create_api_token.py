@@ -3,9 +3,10 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from collections_app.api import tokens
+from collections_app.models import TRIGGER_PERMISSION
+from collections_app.services import tokens
 
-NEEDED = ("collections_app.add_collectionrequest", "collections_app.trigger_collection")
+NEEDED = ("collections_app.add_collectionrequest", TRIGGER_PERMISSION)
 
 
 class Command(BaseCommand):

@@ -6,7 +6,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError
 
 from collections_app.exceptions import UtilityAPIError
-from collections_app.meters import sync_meters
+from collections_app.services.registry import sync_meters
 
 
 class Command(BaseCommand):

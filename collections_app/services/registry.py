@@ -1,7 +1,7 @@
-"""The meter registry: sync it from UtilityAPI's GET /meters, and trigger collections for many
-registered meters at once (the admin's bulk action). Operator doc: docs/meters.md.
+"""The meter registry's sync: one Meter row per meter that UtilityAPI's GET /meters lists.
+Operator doc: docs/meters.md.
 
-Vendor facts (shared/utilityapi-notes.md, "Meters"): GET /meters lists at most 1000 meters a
+Vendor facts: GET /meters lists at most 1000 meters a
 page, newest first, with `next` (a full URL, or null on the last page); meters carry `uid`,
 `authorization_uid`, `utility`, `status`, `is_activated`, `is_archived` and more, and clients
 must handle unknown attributes gracefully. Revocation and expiry belong to the Authorization;
@@ -12,34 +12,29 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
-import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import gate, services
-from .client import UtilityAPIClient, get_client
-from .exceptions import BadResponse, Throttled, TransientError
-from .models import CollectionRequest, Meter, Source, Status
-from .validation import clean_meters
+from .. import gate
+from ..client import UtilityAPIClient, get_client
+from ..exceptions import BadResponse, Throttled, TransientError
+from ..models import Meter
+from ..validation import clean_meters
+from . import policy
 
 log = logging.getLogger(__name__)
 
 METERS_PATH = "/meters"
+ENDPOINT = "GET /meters"
 UPSERT_CHUNK = 500  # rows per INSERT … ON CONFLICT statement
-MAX_PAGES = 10_000  # a `next` chain longer than this is a vendor loop, not a registry
 PAGE_ATTEMPTS = 3  # tries per page on 429, 503, 504 and network errors
-MAX_WAIT_SECONDS = 60.0  # the longest Retry-After or fleet pause a sync waits out
-SLOT_MAX_WAIT_SECONDS = 5.0
 SYNCED_FIELDS = [
     "authorization_uid",
     "utility",
@@ -52,10 +47,6 @@ SYNCED_FIELDS = [
     "raw",
     "synced_at",
 ]
-COLLECTABLE = Q(authorization_revoked=False, authorization_expired=False, is_archived=False)
-
-
-# --- sync ---------------------------------------------------------------------------------
 
 
 @dataclass
@@ -103,17 +94,16 @@ def sync_meters(client: UtilityAPIClient | None = None) -> SyncResult:
         body = _fetch_page(client, url)
         _upsert_page(body["meters"], result)
         result.pages += 1
-        url = _next_url(client, body, visited)
+        url = client.next_page(body, visited, ENDPOINT)
     log.info("meter sync: %s", result)
     return result
 
 
 def _fetch_page(client: UtilityAPIClient, url: str) -> dict[str, Any]:
-    """One page's JSON body, through the fleet's rate limit, retrying transient errors."""
+    """One page's JSON body, through the fleet's gate, retrying transient errors."""
     for attempt in range(1, PAGE_ATTEMPTS + 1):
-        _wait_for_slot()
         try:
-            body = client.get_json(url)
+            body = _gated_get(client, url)
         except TransientError as err:
             wait = _retry_wait(err, attempt)
             if wait is None:
@@ -127,55 +117,27 @@ def _fetch_page(client: UtilityAPIClient, url: str) -> dict[str, Any]:
     raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
+def _gated_get(client: UtilityAPIClient, url: str) -> dict[str, Any]:
+    """GET through the gate; a pause short enough is waited out once, a longer one stops
+    the sync (SyncPaused)."""
+    wait = 0.0
+    for _ in range(2):
+        try:
+            return gate.call(ENDPOINT, lambda: client.get_json(url))
+        except gate.Held as held:
+            wait = held.wait
+        if wait > settings.METERS_SYNC_MAX_WAIT_SECONDS:
+            break
+        time.sleep(wait)
+    raise SyncPaused("paused", f"UtilityAPI calls are held for {wait:.0f}s")
+
+
 def _retry_wait(err: TransientError, attempt: int) -> float | None:
     """Seconds before trying the page again, or None to give up (and re-raise)."""
-    if isinstance(err, Throttled):
-        _pause_fleet(err)
     if attempt >= PAGE_ATTEMPTS:
         return None
-    wait = (err.retry_after or 0.0) if isinstance(err, Throttled) else services.backoff(attempt)
-    return wait if wait <= MAX_WAIT_SECONDS else None
-
-
-def _pause_fleet(err: Throttled) -> None:
-    """A 429 holds every worker until its Retry-After (STYLE.md principle 4)."""
-    try:
-        gate.pause("throttle", err.retry_after or 0, f"429 on GET /meters: {err.description}")
-    except redis.RedisError as redis_err:
-        log.warning("meter sync: cannot pause the fleet (%s)", type(redis_err).__name__)
-
-
-def _wait_for_slot() -> None:
-    """Take a send slot from the fleet's shared rate limit; GETs count against the account's
-    limit like POSTs. Without Redis the sync goes on: no worker can send then either."""
-    try:
-        slot = gate.reserve(max_wait=SLOT_MAX_WAIT_SECONDS)
-        if slot.paused and slot.wait <= MAX_WAIT_SECONDS:
-            time.sleep(slot.wait)
-            slot = gate.reserve(max_wait=SLOT_MAX_WAIT_SECONDS)
-    except redis.RedisError as err:
-        log.warning("meter sync: rate-limit gate unavailable (%s)", type(err).__name__)
-        return
-    if not slot.granted:
-        reason = "paused" if slot.paused else "rate limit"
-        raise SyncPaused("paused", f"UtilityAPI calls are held for {slot.wait:.0f}s ({reason})")
-    time.sleep(slot.wait)
-
-
-def _next_url(client: UtilityAPIClient, body: dict[str, Any], visited: set[str]) -> str | None:
-    """The page's `next` link, checked: it must stay on the API's host, since the Bearer
-    token goes with it (STYLE.md principle 5), and must not loop."""
-    nxt = body.get("next")
-    if nxt is None or nxt == "":
-        return None
-    if not isinstance(nxt, str) or not nxt.startswith(("http://", "https://")):
-        raise BadResponse("bad_response", f"GET /meters gave an unusable next link: {nxt!r}")
-    if urlsplit(nxt)[:2] != urlsplit(client.base_url)[:2]:
-        raise BadResponse("bad_response", "GET /meters gave a next link to another host")
-    if nxt in visited or len(visited) >= MAX_PAGES:
-        where = urlsplit(nxt).path
-        raise BadResponse("bad_response", f"GET /meters paging does not end ({where} again)")
-    return nxt
+    wait = (err.retry_after or 0.0) if isinstance(err, Throttled) else policy.backoff(attempt)
+    return wait if wait <= settings.METERS_SYNC_MAX_WAIT_SECONDS else None
 
 
 def _upsert_page(items: list[Any], result: SyncResult) -> None:
@@ -274,100 +236,3 @@ def _parse_time(value: Any) -> datetime | None:
     if parsed is not None and parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed
-
-
-# --- bulk trigger -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TriggerPlan:
-    """What triggering a selection of meters would do; skip reasons may overlap."""
-
-    selected: int
-    collectable: int
-    revoked: int
-    expired: int
-    archived: int
-    waiting: int  # collectable meters whose last request has not been sent yet
-
-    @property
-    def skipped(self) -> int:
-        return self.selected - self.collectable
-
-    @property
-    def requests(self) -> int:
-        """How many collection requests the collectable meters are bundled into."""
-        return -(-self.collectable // batch_size())
-
-
-class TriggerConflict(Exception):
-    """The selection changed after the confirmation page was shown; nothing was created."""
-
-
-def batch_size() -> int:
-    return settings.COLLECTIONS_MAX_METERS_PER_REQUEST
-
-
-def plan(meters: QuerySet[Meter]) -> TriggerPlan:
-    """Count the selection with one query: collectable meters and why the others are skipped."""
-    counts = meters.order_by().aggregate(
-        selected=Count("pk"),
-        collectable=Count("pk", filter=COLLECTABLE),
-        revoked=Count("pk", filter=Q(authorization_revoked=True)),
-        expired=Count("pk", filter=Q(authorization_expired=True)),
-        archived=Count("pk", filter=Q(is_archived=True)),
-        waiting=Count("pk", filter=COLLECTABLE & Q(last_request__status=Status.SUBMITTED)),
-    )
-    return TriggerPlan(**counts)
-
-
-def trigger(
-    meters: QuerySet[Meter],
-    collection_duration: int | None,
-    *,
-    requested_by: Any,
-    expected: int,
-    shown_at: datetime,
-) -> list[CollectionRequest]:
-    """Create collection requests for the selection's collectable meters, bundled
-    COLLECTIONS_MAX_METERS_PER_REQUEST a request, and point each meter's last_request at its
-    request. The requests are sent once the transaction commits.
-
-    The meter rows stay locked until then, and the trigger is refused (TriggerConflict) when
-    the collectable count is no longer `expected` or a meter was triggered after `shown_at`
-    (a double submit, or another operator): the operator confirms what was shown, no more.
-    """
-    with transaction.atomic():
-        rows = meters.filter(COLLECTABLE).select_for_update(of=("self",)).order_by("uid")
-        uids = list(rows.values_list("uid", flat=True))
-        _check_unchanged(meters, uids, expected, shown_at)
-        size = batch_size()
-        groups = [uids[i : i + size] for i in range(0, len(uids), size)]
-        created = services.request_collections(
-            groups, collection_duration, source=Source.REGISTRY, requested_by=requested_by
-        )
-        _link_last_requests(groups, created)
-    return created
-
-
-def _check_unchanged(
-    meters: QuerySet[Meter], uids: Sequence[str], expected: int, shown_at: datetime
-) -> None:
-    if not uids:
-        raise TriggerConflict("None of the selected meters can be collected.")
-    if len(uids) != expected:
-        raise TriggerConflict(
-            f"The selection changed since the page was shown: {len(uids)} collectable "
-            f"meter(s) now, {expected} then. Check the numbers and confirm again."
-        )
-    recent = meters.filter(COLLECTABLE, last_request__created__gte=shown_at).count()
-    if recent:
-        raise TriggerConflict(
-            f"{recent} of these meter(s) were triggered after this page was shown (a second "
-            "submit, or another operator). Nothing was created."
-        )
-
-
-def _link_last_requests(groups: Sequence[list[str]], created: Sequence[CollectionRequest]) -> None:
-    for group, request in zip(groups, created, strict=True):
-        Meter.objects.filter(uid__in=group).update(last_request=request)
