@@ -28,7 +28,7 @@ class AttemptInline(admin.TabularInline):
         "retry_after_seconds",
         "error",
         "error_description",
-        "batch_size",
+        "requests_in_call",
         "task_link",
     )
     readonly_fields = fields

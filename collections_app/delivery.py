@@ -1,5 +1,6 @@
-"""The send pipeline: claim a due request (and its companions), wait for the fleet's gate,
-POST once, record. No database transaction is ever open across the HTTP call.
+"""The send pipeline: claim due requests (coalesced), pass the fleet's gate, POST once,
+record; again until nothing is due. No database transaction is ever open across the HTTP
+call.
 """
 
 from __future__ import annotations
@@ -17,25 +18,30 @@ from django.utils import timezone
 from . import gate
 from .client import Accepted, get_client
 from .exceptions import PermanentError, UtilityAPIError
-from .models import CollectionRequest, Status
-from .services import leases, outcomes
+from .models import CollectionRequest
+from .services import broker, leases, outcomes
 from .services.outcomes import Call
 
 log = logging.getLogger(__name__)
 ENDPOINT = "POST /meters/historical-collection"
+DRAIN_SECONDS = 60.0  # one task's turn before it hands the rest to another
 
 
-def deliver(request_id: str, task_id: str = "") -> str:
-    """Look at one request: send it if it is due and nobody else holds it. Safe to run twice
-    for the same request: the claim (a lease on the row) lets only one run POST."""
+def deliver_due(task_id: str = "", first: Any = None, budget: float = DRAIN_SECONDS) -> str:
+    """Send due requests, a claimed batch at a time, until none is due or `budget` seconds
+    have gone; `first` (a request id) is claimed first if it is due. Safe to run twice and
+    side by side: the claim (a lease on the rows) lets only one run POST each. Returns what
+    was done, "" when nothing was due."""
     get_client()  # a configuration error surfaces before anything is claimed
-    row = CollectionRequest.objects.filter(pk=request_id).first()
-    if row is None or row.status != Status.SUBMITTED:
-        return "nothing to do"
-    batch = leases.claim(request_id, task_id, row=row)
-    if not batch:
-        return "not due, or held by another worker"
-    return send(batch, task_id)  # during a pause, the gate refuses a slot and send defers
+    done: list[str] = []
+    deadline = time.monotonic() + budget
+    while batch := leases.claim(first, task_id):
+        first = None
+        done.append(send(batch, task_id))  # during a pause, the gate refuses and send defers
+        if time.monotonic() > deadline:
+            broker.publish(1)  # hand what is left to a fresh task
+            break
+    return "; ".join(done)
 
 
 def send(batch: Sequence[CollectionRequest], task_id: str) -> str:

@@ -61,11 +61,14 @@ class CollectionRequest(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     idempotency_key = models.CharField(max_length=IDEMPOTENCY_KEY_MAX_LENGTH, blank=True)
-    # Delivery bookkeeping: a worker that claims the row holds it until lease_expires_at;
-    # dispatched_at is when the last "look at this row" message was due.
+    # Delivery bookkeeping: dispatched_at is when the row last entered the delivery queue
+    # (stored, or retried by an operator); announced_at when a relay last told the workers
+    # about it (empty: nobody has been told since it fell due); a worker that claims the row
+    # holds it until lease_expires_at.
     lease_token = models.UUIDField(null=True, blank=True, editable=False)
     lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     dispatched_at = models.DateTimeField(null=True, blank=True, editable=False)
+    announced_at = models.DateTimeField(null=True, blank=True, editable=False)
     task_id = models.CharField(max_length=255, blank=True, editable=False)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
@@ -106,7 +109,9 @@ class Attempt(models.Model):
         CollectionRequest, on_delete=models.CASCADE, related_name="http_attempts"
     )
     call_id = models.UUIDField(db_index=True)
-    batch_size = models.PositiveIntegerField(default=1, help_text="Requests carried by the POST.")
+    requests_in_call = models.PositiveIntegerField(
+        default=1, help_text="Requests carried by the POST."
+    )
     started = models.DateTimeField()
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     status_code = models.PositiveSmallIntegerField(

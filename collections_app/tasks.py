@@ -6,6 +6,7 @@ task (the database restarting), with a short backoff.
 """
 
 from celery import shared_task
+from celery.exceptions import Ignore
 from django.db import InterfaceError, OperationalError
 
 from . import delivery, services
@@ -22,9 +23,13 @@ INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, ConnectionError)
     retry_jitter=True,
     max_retries=20,
 )
-def send_collection(self, request_id: str) -> str:
-    """Send collection request `request_id` if it is due (a duplicate delivery is harmless)."""
-    return delivery.deliver(request_id, task_id=self.request.id or "")
+def deliver(self, request_id: str | None = None) -> str:
+    """Send due collection requests (`request_id` first, if given). A delivery that finds
+    nothing due is not an event anyone needs: it leaves no task-result row."""
+    done = delivery.deliver_due(self.request.id or "", first=request_id)
+    if not done:
+        raise Ignore()
+    return done
 
 
 @shared_task(autoretry_for=INFRASTRUCTURE_ERRORS, retry_backoff=1, max_retries=3)

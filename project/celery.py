@@ -7,7 +7,7 @@ Configuration lives in Django settings under the CELERY_ namespace
 import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery, bootsteps
 from celery.signals import task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
@@ -29,3 +29,22 @@ def reuse_db_connections(sender: Any = None, **kwargs: Any) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+class DueWorkRelay(bootsteps.StartStopStep):
+    """Every worker runs a relay thread that announces due work on the broker
+    (collections_app.relay)."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def start(self, worker: Any) -> None:
+        from collections_app.relay import Relay
+
+        self.relay = Relay()
+        self.relay.start()
+
+    def stop(self, worker: Any) -> None:
+        self.relay.stop()
+
+
+app.steps["worker"].add(DueWorkRelay)

@@ -148,8 +148,6 @@ COLLECTIONS_ACCOUNT_PAUSE_SECONDS = env_int("COLLECTIONS_ACCOUNT_PAUSE_SECONDS",
 COLLECTIONS_BATCH_MAX_METERS = env_int("COLLECTIONS_BATCH_MAX_METERS", 1000, minimum=1)
 COLLECTIONS_COALESCE_WINDOW_MS = env_int("COLLECTIONS_COALESCE_WINDOW_MS", 20)
 COLLECTIONS_MAX_METERS_PER_REQUEST = env_int("COLLECTIONS_MAX_METERS_PER_REQUEST", 1000, minimum=1)
-# Waits up to this long are carried by the broker (a countdown); longer ones by the sweep.
-COLLECTIONS_BROKER_COUNTDOWN_MAX_SECONDS = env_int("COLLECTIONS_BROKER_COUNTDOWN_MAX_SECONDS", 60)
 # A worker holds a claimed row this long past its HTTP timeouts before the sweep frees it.
 COLLECTIONS_LEASE_MARGIN_SECONDS = env_int("COLLECTIONS_LEASE_MARGIN_SECONDS", 30)
 # A caller sleeps for its rate-limit slot when it comes within this many seconds; a later slot
@@ -181,6 +179,10 @@ CACHES = {
 }
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True  # task name, args and worker kept with each result row
+# Result rows (the admin links each attempt to its task's) are kept this long, then deleted by
+# the scheduled celery.backend_cleanup task below (result_expires, in the configuration guide).
+COLLECTIONS_RESULTS_KEEP_DAYS = env_int("COLLECTIONS_RESULTS_KEEP_DAYS", 7, minimum=1)
+CELERY_RESULT_EXPIRES = COLLECTIONS_RESULTS_KEEP_DAYS * 86_400
 CELERY_TASK_ACKS_LATE = True  # a message is acknowledged only when its task has finished...
 CELERY_TASK_REJECT_ON_WORKER_LOST = True  # ...and redelivered if the worker died running it
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -206,6 +208,7 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "inte
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE = {
+    "delete-expired-task-results": {"task": "celery.backend_cleanup", "schedule": 3600.0},
     "sweep-collection-requests": {
         "task": "collections_app.tasks.sweep",
         "schedule": float(COLLECTIONS_SWEEP_INTERVAL_SECONDS),

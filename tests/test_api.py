@@ -1,7 +1,8 @@
 """The JSON API through Django's test client, against PostgreSQL.
 
-"Nothing sent" is checked on the dispatch itself: request_collection enqueues in an on_commit
-callback, captured here, so no callback means no broker message.
+"Nothing sent" is checked on the queue itself: the stored row is the record of work to do
+(a relay in the workers announces it), so no row means nothing is sent; the web process never
+publishes to the broker (checked on the real broker's list).
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from django.utils.crypto import get_random_string
 from collections_app import services
 from collections_app.api.errors import RequestTooLarge
 from collections_app.api.parsers import BoundedJSONParser
-from collections_app.api.serializers import FIELDS, UID_PATTERN
+from collections_app.api.serializers import FIELDS
 from collections_app.models import ApiToken, CollectionRequest, Status
-from collections_app.services import tokens
-from collections_app.validation import clean_meters
+from collections_app.services import broker, tokens
+from collections_app.validation import UID_PATTERN, clean_meters
 
 pytestmark = pytest.mark.django_db
 
@@ -117,9 +118,10 @@ def test_post_stores_enqueues_and_answers_202_with_location(
     assert (stored.source, stored.requested_by) == ("api", user)
     assert response["Location"] == f"http://testserver/api/collections/{stored.pk}/"
     assert "Idempotent-Replayed" not in response
-    assert len(callbacks) == 1
-    (message,) = redis_db.lrange("celery", 0, -1)  # the real broker got one message
-    assert str(stored.pk) in json.loads(message)["headers"]["argsrepr"]
+    assert callbacks == [] and redis_db.llen("celery") == 0  # the caller publishes nothing
+    assert stored.announced_at is None and stored.next_attempt_at <= timezone.now()
+    assert broker.announce_due()[0] == 1  # a relay's round: one message for its one POST
+    assert redis_db.llen("celery") == 1
     assert api.get(response["Location"]).json() == body
 
 
@@ -240,8 +242,8 @@ def test_retry_with_the_same_key_returns_the_first_request(
     assert again["Location"] == first["Location"]
     assert again["Idempotent-Replayed"] == "true"
     assert "Idempotent-Replayed" not in first
-    assert CollectionRequest.objects.count() == 1
-    assert len(callbacks) == 1  # sent once
+    assert CollectionRequest.objects.count() == 1  # stored, so sent, once
+    assert callbacks == []
 
 
 def test_same_key_with_another_body_is_422(api: Client) -> None:

@@ -518,7 +518,7 @@ def test_frozen_worker_waking_late_does_not_overwrite_the_newer_outcome(
         wait_until(sweeping([request.pk]), timeout=20, interval=0.25)
     finally:
         os.killpg(frozen.process.pid, signal.SIGCONT)
-    finished = re.compile(r"send_collection\[[^]]+\] (succeeded|raised|retry)")
+    finished = re.compile(r"deliver\[[^]]+\] (succeeded|raised|retry)")
     wait_until(lambda: finished.search(frozen.output()), timeout=10)  # it woke up and recorded
     time.sleep(1.0)  # room for a wrongly re-dispatched request to be sent a third time
     row = CollectionRequest.objects.get(pk=request.pk)
@@ -629,7 +629,7 @@ def test_two_workers_racing_post_each_request_once(
     began = time.monotonic()
     with transaction.atomic():  # all due together, all dispatched when this commits
         ids = [services.request_collection([f"race-{i}"], 12).pk for i in range(count)]
-    broker.dispatch(ids)  # and every message a second time
+    broker.publish(len(ids))  # and every message a second time
     wait_until(sweeping(ids), timeout=60, interval=0.25)
     took = time.monotonic() - began
     calls = posts(sandbox)

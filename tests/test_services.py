@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from collections_app import services
@@ -20,7 +22,7 @@ from collections_app.exceptions import (
     TransientError,
 )
 from collections_app.models import Attempt, CollectionRequest, Status
-from collections_app.services import leases, outcomes, policy, transitions
+from collections_app.services import broker, leases, outcomes, policy, transitions
 
 pytestmark = pytest.mark.django_db
 
@@ -75,18 +77,60 @@ def test_too_many_meters_is_refused(settings: Any) -> None:
     assert not CollectionRequest.objects.exists()
 
 
-def test_request_is_stored_then_enqueued_after_commit(
+def test_request_is_stored_due_and_announced_by_a_relay_once_committed(
     django_capture_on_commit_callbacks: Any, redis_db: Any
 ) -> None:
-    with django_capture_on_commit_callbacks() as callbacks:
+    with django_capture_on_commit_callbacks() as callbacks, CaptureQueriesContext(connection) as q:
         request = services.request_collection(["m-1", "m-2"], 6, source="cli")
-        assert redis_db.llen("celery") == 0  # nothing is sent before the commit
-    assert len(callbacks) == 1
-    callbacks[0]()
+    assert callbacks == [] and redis_db.llen("celery") == 0  # no broker call in the caller
+    assert [query["sql"].split()[0] for query in q.captured_queries] == ["INSERT"]
     request.refresh_from_db()
     assert (request.status, request.meters, request.source) == ("submitted", ["m-1", "m-2"], "cli")
     assert request.next_attempt_at is not None and request.dispatched_at is not None
+    assert request.announced_at is None
+    assert broker.announce_due() == (1, None)
     assert redis_db.llen("celery") == 1
+    assert broker.announce_due() == (0, None)  # announced once
+    assert redis_db.llen("celery") == 1
+
+
+def test_relays_announce_one_message_per_post_not_per_row(settings: Any, redis_db: Any) -> None:
+    settings.COLLECTIONS_BATCH_MAX_METERS = 10
+    services.request_collections([[f"a{i}"] for i in range(25)], 12)  # 3 POSTs of 12 months
+    services.request_collections([["b1", "b2"]], 24)  # and one of 24
+    assert broker.announce_due()[0] == 4
+    assert redis_db.llen("celery") == 4
+
+
+def test_posts_needed_packs_like_the_claim(settings: Any) -> None:
+    settings.COLLECTIONS_BATCH_MAX_METERS = 10
+    assert broker.posts_needed([]) == 0
+    assert broker.posts_needed([(12, 10), (12, 1)]) == 2  # a full request goes alone
+    assert broker.posts_needed([(12, 6), (12, 4), (12, 1)]) == 2
+    assert broker.posts_needed([(12, 6), (None, 6), (12, 4)]) == 2  # durations apart
+    settings.COLLECTIONS_BATCH_MAX_METERS = 1  # coalescing off: one POST a request
+    assert broker.posts_needed([(12, 1)] * 5) == 5
+
+
+def test_a_dead_broker_leaves_the_rows_unannounced_for_the_next_round(
+    settings: Any, redis_db: Any
+) -> None:
+    request = services.request_collection(["m-1"])
+    from project.celery import app
+
+    def use_broker(url: str | None) -> None:
+        app.conf.broker_write_url = url
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    use_broker("redis://127.0.0.1:9/0")  # nothing listens there
+    try:
+        assert broker.announce_due()[0] == 0
+    finally:
+        use_broker(None)
+    request.refresh_from_db()
+    assert request.announced_at is None
+    assert broker.announce_due()[0] == 1
 
 
 def test_unknown_source_is_refused() -> None:
@@ -160,38 +204,24 @@ def test_200_splits_accepted_and_ignored_per_request() -> None:
     assert (third.status, third.error) == ("failed", "expired_or_revoked")
     assert all(r.lease_token is None and r.attempts == 1 for r in (first, second, third))
     attempts = Attempt.objects.filter(request__in=batch)
-    assert attempts.count() == 3 and {a.batch_size for a in attempts} == {3}
+    assert attempts.count() == 3 and {a.requests_in_call for a in attempts} == {3}
     assert len({a.call_id for a in attempts}) == 1
 
 
-def test_429_waits_for_retry_after_without_spending_an_attempt(
-    django_capture_on_commit_callbacks: Any,
-) -> None:
+def test_429_waits_for_retry_after_without_spending_an_attempt() -> None:
     (request,) = claimed(["m"])
     before = timezone.now()
-    with django_capture_on_commit_callbacks() as callbacks:
-        outcomes.record_outcome(
-            [request], Throttled("http_429", "slow", status_code=429, retry_after=30), call()
-        )
+    outcomes.record_outcome(
+        [request], Throttled("http_429", "slow", status_code=429, retry_after=30), call()
+    )
     request.refresh_from_db()
     assert request.status == "submitted" and request.attempts == 0
     assert request.next_attempt_at >= before + timedelta(seconds=30)
     assert request.error == "http_429" and request.last_http_status == 429
-    assert len(callbacks) == 1  # a broker countdown: 30 s is within the horizon
+    assert request.announced_at is None  # a relay announces it when it falls due
     assert Attempt.objects.get(request=request).retry_after_seconds == 30
-
-
-def test_long_waits_are_left_to_the_sweep(
-    settings: Any, django_capture_on_commit_callbacks: Any
-) -> None:
-    settings.COLLECTIONS_BROKER_COUNTDOWN_MAX_SECONDS = 60
-    (request,) = claimed(["m"])
-    with django_capture_on_commit_callbacks() as callbacks:
-        outcomes.record_outcome(
-            [request], Throttled("x", "", status_code=429, retry_after=600), call()
-        )
-    request.refresh_from_db()
-    assert callbacks == [] and request.dispatched_at is None
+    assert broker.announce_due()[0] == 0  # not yet
+    assert 29 < (broker.seconds_until_next_due(timezone.now()) or 0) <= 30  # the relay's sleep
 
 
 @pytest.mark.parametrize(
@@ -258,18 +288,16 @@ def test_defer_keeps_attempts_and_frees_the_lease() -> None:
     assert not Attempt.objects.exists()
 
 
-def test_retry_failed_resubmits_only_failed_requests(
-    django_capture_on_commit_callbacks: Any,
-) -> None:
+def test_retry_failed_resubmits_only_failed_requests() -> None:
     (failed,) = claimed(["m"])
     outcomes.record_outcome([failed], PermanentError("not_found", "x", status_code=404), call())
     pending = services.request_collection(["p"], 3)
     CollectionRequest.objects.filter(pk=pending.pk).update(status=Status.PENDING)
-    with django_capture_on_commit_callbacks() as callbacks:
-        count = services.retry_failed(CollectionRequest.objects.all())
-    assert count == 1 and len(callbacks) == 1
+    count = services.retry_failed(CollectionRequest.objects.all())
+    assert count == 1
     failed.refresh_from_db()
     assert (failed.status, failed.attempts, failed.error) == ("submitted", 0, "")
+    assert failed.announced_at is None and failed.next_attempt_at <= timezone.now()
     assert failed.http_attempts.count() == 1  # the history stays
     assert CollectionRequest.objects.get(pk=pending.pk).status == "pending"
 
@@ -284,13 +312,16 @@ def test_sweep_frees_dead_workers_rows_and_redispatches_forgotten_ones(
     rows.filter(pk=orphan.pk).update(
         lease_token=uuid.uuid4(), lease_expires_at=now - timedelta(seconds=1)
     )
-    rows.filter(pk=forgotten.pk).update(dispatched_at=now - timedelta(seconds=61))
-    rows.filter(pk=fresh.pk).update(dispatched_at=now)
+    rows.filter(pk=forgotten.pk).update(announced_at=now - timedelta(seconds=61))
+    rows.filter(pk=fresh.pk).update(announced_at=now)
     rows.filter(pk=waiting.pk).update(
-        next_attempt_at=now + timedelta(minutes=5), dispatched_at=None
+        next_attempt_at=now + timedelta(minutes=5), announced_at=now - timedelta(seconds=61)
     )
     result = services.sweep()
-    assert result == {"orphaned": 1, "dispatched": 2}
-    assert redis_db.llen("celery") == 2
+    assert result == {"orphaned": 1, "requeued": 2}
+    assert redis_db.llen("celery") == 0  # the sweep only marks rows; a relay announces them
     assert rows.get(pk=orphan.pk).lease_token is None
-    assert rows.get(pk=fresh.pk).dispatched_at == rows.get(pk=fresh.pk).dispatched_at
+    assert rows.get(pk=orphan.pk).announced_at is None
+    assert rows.get(pk=forgotten.pk).announced_at is None
+    assert rows.get(pk=fresh.pk).announced_at == now
+    assert rows.get(pk=waiting.pk).announced_at is not None  # not due: left alone

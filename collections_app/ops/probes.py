@@ -134,7 +134,7 @@ def sweep_state(recorded: dict[str, Any] | None) -> dict[str, Any]:
         "age_seconds": round(age, 1),
         "stale_after": stale_after,
         "orphaned": recorded.get("orphaned"),
-        "dispatched": recorded.get("dispatched"),
+        "requeued": recorded.get("requeued"),
     }
 
 

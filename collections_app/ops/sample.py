@@ -52,7 +52,7 @@ REQUEST_COLUMNS = [
 ATTEMPT_COLUMNS = [
     "request_id",
     "call_id",
-    "batch_size",
+    "requests_in_call",
     "started",
     "duration_ms",
     "status_code",
@@ -153,7 +153,7 @@ def _attempts(row: dict[str, Any], now: datetime) -> Iterator[dict[str, Any]]:
         yield {
             "request_id": row["id"],
             "call_id": uuid.uuid4(),
-            "batch_size": 1,
+            "requests_in_call": 1,
             "started": min(row["created"] + timedelta(seconds=7 * g), now),
             "duration_ms": 120 + 13 * g,
             "status_code": code,

@@ -1,5 +1,8 @@
-"""The broker carries only "look at row X now": dispatch, and the sweep that finds rows
-whose message was lost or never sent."""
+"""Telling workers there is due work. The row is the record of work to do (a transactional
+outbox): storing a request is one INSERT and no broker call. A relay in every worker
+(collections_app.relay) announces due rows on the broker, one message per POST they need,
+and the periodic sweep is the safety net for rows whose worker died or whose message was
+lost."""
 
 from __future__ import annotations
 
@@ -7,63 +10,110 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Min, Q, QuerySet
 from django.utils import timezone
 
 from .. import redis_state
 from ..models import CollectionRequest, Status
 
 log = logging.getLogger(__name__)
-SWEEP_BATCH = 5000  # rows the sweep dispatches at most per run
+ANNOUNCE_ROWS = 30_000  # due rows one relay round marks at most
+MAX_MESSAGES = 64  # messages one round publishes at most: each task drains until no row is due
+CHUNK = 5_000  # ids per UPDATE … WHERE id IN (…)
 # When the sweep last ran, for the dashboard: beat schedules it and a worker runs it, so a
 # recent run says both are alive (django_celery_beat writes last_run_at back too seldom).
 SWEEP_KEY = "collections:ops:sweep_last_run"
 
 
-def _dispatch_on_commit(ids: list[Any], countdown: float = 0.0) -> None:
-    if ids:
-        transaction.on_commit(lambda: dispatch(ids, countdown))
+def free(now: datetime) -> Q:
+    """Rows no worker holds: never leased, or the lease ran out."""
+    return Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
 
 
-def dispatch(ids: Sequence[Any], countdown: float = 0.0) -> int:
-    """Send "look at row X" messages. If the broker is down the rows stay due, and the
-    sweep sends them later: nothing is lost. Returns how many were sent."""
-    from ..tasks import send_collection
+def due(now: datetime) -> QuerySet[CollectionRequest]:
+    """Submitted rows whose next attempt is due and that no worker holds."""
+    rows = CollectionRequest.objects.filter(status=Status.SUBMITTED, next_attempt_at__lte=now)
+    return rows.filter(free(now))
 
-    if countdown <= 0 and settings.COLLECTIONS_BATCH_MAX_METERS > 1:
-        # Coalescing: a fresh request waits the window for others due with it to share its
-        # POST. With coalescing off the wait would buy nothing (and each message would go
-        # through the worker's ETA timer instead of straight to a thread).
-        countdown = settings.COLLECTIONS_COALESCE_WINDOW_MS / 1000
-    sent: list[Any] = []
-    try:
-        for pk in ids:
-            send_collection.apply_async((str(pk),), countdown=countdown or None)
-            sent.append(pk)
-    except Exception as err:  # kombu/redis errors vary by transport: log and leave to the sweep
-        log.warning(
-            "broker unavailable (%s): %d request(s) wait for the sweep",
-            type(err).__name__,
-            len(ids) - len(sent),
+
+def announce_due() -> tuple[int, float | None]:
+    """Mark the due rows nobody has been told about, then publish one message per POST they
+    need (at most MAX_MESSAGES: each task goes on claiming until no row is due). Returns the
+    messages sent and the seconds until the next row falls due (None: none is scheduled)."""
+    now = timezone.now()
+    with transaction.atomic():
+        rows = list(
+            due(now)
+            .filter(announced_at__isnull=True)
+            .order_by("next_attempt_at")
+            .select_for_update(skip_locked=True)
+            .values_list("pk", "collection_duration", "meters")[:ANNOUNCE_ROWS]
         )
-    due = timezone.now() + timedelta(seconds=countdown)
-    for chunk in _chunks(sent, 1000):
-        CollectionRequest.objects.filter(pk__in=chunk).update(dispatched_at=due)
-    return len(sent)
+        _update([pk for pk, _, _ in rows], announced_at=now)
+    wanted = min(posts_needed((d, len(m)) for _, d, m in rows), MAX_MESSAGES)
+    sent = publish(wanted)
+    if wanted and not sent:  # the broker is down: the next round tries again
+        _update([pk for pk, _, _ in rows], announced_at=None)
+    return sent, seconds_until_next_due(now)
 
 
-def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    return (items[i : i + size] for i in range(0, len(items), size))
+def posts_needed(rows: Iterable[tuple[Any, int]]) -> int:
+    """POSTs that rows of (duration, meter count) take when coalesced as the claim does."""
+    cap = settings.COLLECTIONS_BATCH_MAX_METERS
+    room: dict[Any, int] = {}
+    posts = 0
+    for duration, meters in rows:
+        if meters >= cap or room.get(duration, 0) < meters:
+            posts += 1
+            room[duration] = cap
+        room[duration] -= meters
+    return posts
+
+
+def seconds_until_next_due(now: datetime) -> float | None:
+    later = CollectionRequest.objects.filter(
+        status=Status.SUBMITTED, next_attempt_at__gt=now, announced_at__isnull=True
+    ).aggregate(at=Min("next_attempt_at"))["at"]
+    return None if later is None else (later - now).total_seconds()
+
+
+def publish(count: int) -> int:
+    """Publish `count` "deliver due work" messages; returns how many went out. A broker
+    error is logged, never raised: the rows stay due and are announced again."""
+    from project.celery import app
+
+    from ..tasks import deliver
+
+    sent = 0
+    try:
+        with app.producer_or_acquire() as producer:
+            for _ in range(count):
+                deliver.apply_async(producer=producer)
+                sent += 1
+    except Exception as err:  # kombu/redis errors vary by transport
+        log.warning("broker unavailable (%s): due work waits for it", type(err).__name__)
+    return sent
+
+
+def requeue(pks: Sequence[Any]) -> None:
+    """Have the relays announce these rows again. next_attempt_at is written too, unchanged,
+    so PostgreSQL's trigger on it wakes the relays at once."""
+    _update(pks, announced_at=None, next_attempt_at=F("next_attempt_at"))
+
+
+def _update(pks: Sequence[Any], **values: Any) -> None:
+    for i in range(0, len(pks), CHUNK):
+        CollectionRequest.objects.filter(pk__in=pks[i : i + CHUNK]).update(**values)
 
 
 def sweep() -> dict[str, int]:
-    """Free rows whose worker died holding them, and re-dispatch due rows whose message was
-    lost or never sent (a broker outage, or a wait too long for a broker countdown)."""
+    """Free rows whose worker died holding them, and announce again due rows whose message
+    was lost (announced longer than COLLECTIONS_STUCK_AFTER_SECONDS ago, still unclaimed)."""
     now = timezone.now()
     stale = now - timedelta(seconds=settings.COLLECTIONS_STUCK_AFTER_SECONDS)
     submitted = CollectionRequest.objects.filter(status=Status.SUBMITTED)
@@ -71,13 +121,12 @@ def sweep() -> dict[str, int]:
     submitted.filter(pk__in=orphaned, lease_expires_at__lt=now).update(
         lease_token=None, lease_expires_at=None
     )
-    due = submitted.filter(next_attempt_at__lte=now, lease_expires_at__isnull=True)
-    forgotten = due.filter(Q(dispatched_at__isnull=True) | Q(dispatched_at__lt=stale))
-    ids = list(dict.fromkeys([*orphaned, *forgotten.values_list("pk", flat=True)[:SWEEP_BATCH]]))
-    sent = dispatch(ids) if ids else 0
+    forgotten = due(now).filter(announced_at__lt=stale).values_list("pk", flat=True)
+    ids = list(dict.fromkeys([*orphaned, *forgotten[:ANNOUNCE_ROWS]]))
+    requeue(ids)
     if ids:
-        log.info("sweep: %d orphaned, %d re-dispatched", len(orphaned), sent)
-    result = {"orphaned": len(orphaned), "dispatched": sent}
+        log.info("sweep: %d orphaned, %d announced again", len(orphaned), len(ids))
+    result = {"orphaned": len(orphaned), "requeued": len(ids)}
     _record_sweep(result)
     return result
 

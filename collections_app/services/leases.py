@@ -4,7 +4,6 @@ what the call answered."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -13,10 +12,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
-from ..models import CollectionRequest, Status
+from ..models import CollectionRequest
+from . import broker
 
 log = logging.getLogger(__name__)
 LOOKAHEAD = 100  # due rows looked at past the meter budget, for smaller ones that still fit
@@ -30,46 +29,43 @@ def lease_seconds() -> float:
     )
 
 
-def claim(
-    request_id: Any, task_id: str, row: CollectionRequest | None = None
-) -> list[CollectionRequest]:
-    """Lease the request if it is due and free, with the due, free requests of the same
-    duration that fit in one POST (coalescing). Empty when another worker has it.
-
-    `row` is the request as the caller has just read it. The lease is taken only if the row
-    has not been saved since (same `updated`), so the batch needs no second read; without
-    companions (coalescing off) the claim is a single UPDATE."""
-
-    own = row or CollectionRequest.objects.filter(pk=request_id).first()
-    if own is None:
-        return []
+def claim(request_id: Any, task_id: str) -> list[CollectionRequest]:
+    """Lease request `request_id` if it is due and free (None: the oldest due, free one) with the
+    due, free requests of the same duration that fit in one POST (coalescing), in one short
+    transaction. Rows another worker is claiming are skipped, never waited for. Empty when
+    nothing is due."""
     now = timezone.now()
-    lease = {
-        "lease_token": uuid.uuid4(),
-        "lease_expires_at": now + timedelta(seconds=lease_seconds()),
-        "task_id": task_id,
-    }
-    free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
-    due = CollectionRequest.objects.filter(free, status=Status.SUBMITTED, next_attempt_at__lte=now)
-    coalescing = len(own.meters) < settings.COLLECTIONS_BATCH_MAX_METERS
-    with transaction.atomic() if coalescing else contextlib.nullcontext():
-        if not due.filter(pk=own.pk, updated=own.updated).update(**lease):
+    due = broker.due(now)
+    with transaction.atomic():
+        head = due.filter(pk=request_id) if request_id is not None else due
+        own = (
+            head.order_by("next_attempt_at")
+            .select_for_update(skip_locked=True)
+            .values_list("pk", "collection_duration", "meters")
+            .first()
+        )
+        if own is None:
             return []
-        companions = _companions(due.exclude(pk=own.pk), own) if coalescing else []
-        due.filter(pk__in=companions).update(**lease)
-    batch = [own, *CollectionRequest.objects.filter(pk__in=companions)] if companions else [own]
-    for request in batch:
-        for name, value in lease.items():
-            setattr(request, name, value)
-    return sorted(batch, key=lambda request: request.created)
+        pk, duration, meters = own
+        coalescing = len(meters) < settings.COLLECTIONS_BATCH_MAX_METERS
+        companions = _companions(due.exclude(pk=pk), duration, len(meters)) if coalescing else []
+        lease = {
+            "lease_token": uuid.uuid4(),
+            "lease_expires_at": now + timedelta(seconds=lease_seconds()),
+            "task_id": task_id,
+        }
+        CollectionRequest.objects.filter(pk__in=[pk, *companions]).update(**lease)
+    return list(CollectionRequest.objects.filter(pk__in=[pk, *companions]).order_by("created"))
 
 
-def _companions(due: Any, own: CollectionRequest) -> list[Any]:
-    room = settings.COLLECTIONS_BATCH_MAX_METERS - len(own.meters)
+def _companions(due: Any, duration: int | None, taken: int) -> list[Any]:
+    """Due rows of the same duration that fit in the POST's remaining meter budget, oldest
+    first (smaller ones past a row too big still fit)."""
+    room = settings.COLLECTIONS_BATCH_MAX_METERS - taken
     if room <= 0:
         return []
     rows = (
-        due.filter(collection_duration=own.collection_duration)
+        due.filter(collection_duration=duration)
         .order_by("next_attempt_at")
         .select_for_update(skip_locked=True)
         .values_list("pk", "meters")[: room + LOOKAHEAD]

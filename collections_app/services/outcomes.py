@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -18,7 +17,6 @@ from ..client import Accepted
 from ..exceptions import Throttled, UtilityAPIError
 from ..models import Attempt, CollectionRequest, Status
 from . import policy
-from .broker import _dispatch_on_commit
 from .leases import still_held
 from .transitions import transition
 
@@ -32,7 +30,7 @@ def defer(batch: Sequence[CollectionRequest], seconds: float) -> None:
         current = request.next_attempt_at or when
         transition(request, Status.SUBMITTED, next_attempt_at=max(when, current))
     with transaction.atomic():
-        _save_and_schedule(batch, ["next_attempt_at"])
+        _save(batch, ["next_attempt_at"])
 
 
 @dataclass
@@ -60,7 +58,7 @@ def record_outcome(
         _log_attempts(batch, call, outcome)
         for request in batch:
             policy.apply(request, outcome, now)
-        _save_and_schedule(batch, OUTCOME_FIELDS)
+        _save(batch, OUTCOME_FIELDS)
 
 
 OUTCOME_FIELDS = [
@@ -83,7 +81,7 @@ def _log_attempts(
         Attempt(
             request=request,
             call_id=call.call_id,
-            batch_size=len(batch),
+            requests_in_call=len(batch),
             started=call.started,
             duration_ms=call.duration_ms,
             status_code=err.status_code if err else 200,
@@ -121,37 +119,26 @@ def _update_rows(batch: Sequence[CollectionRequest], fields: list[str], token: A
 
 def _values(row: CollectionRequest, fields: list[str]) -> dict[str, Any]:
     """The row's values for `fields`, written so that alike rows share them: a finished row's
-    dispatched_at (unchanged, and read only for submitted rows) is left out, and accepted
-    meters that are all of the request's meters are written as F("meters")."""
+    announced_at (read only for submitted rows) is left out, and accepted meters that are all
+    of the request's meters are written as F("meters")."""
     done = row.status != Status.SUBMITTED
-    values = {f: getattr(row, f) for f in fields if not (done and f == "dispatched_at")}
+    values = {f: getattr(row, f) for f in fields if not (done and f == "announced_at")}
     if row.meters and values.get("accepted_meters") == row.meters:
         values["accepted_meters"] = F("meters")
     return values
 
 
-def _save_and_schedule(batch: Sequence[CollectionRequest], fields: list[str]) -> None:
-    """Save the batch, free its lease, and make sure each still-submitted row is looked at
-    again when due: by a broker countdown for short waits, by the sweep for long ones."""
+def _save(batch: Sequence[CollectionRequest], fields: list[str]) -> None:
+    """Save the batch and free its lease. A row still submitted is marked unannounced, so a
+    relay tells the workers about it once its next attempt falls due."""
     token = batch[0].lease_token if batch else None
     batch = still_held(batch) if len(batch) > 1 else batch
     now = timezone.now()
     for request in batch:
         request.lease_token = request.lease_expires_at = None
         request.updated = now
-    later = [r for r in batch if r.status == Status.SUBMITTED]
-    for request in later:
-        request.dispatched_at = None  # the sweep's job unless a countdown is sent below
-    saved = [*fields, "lease_token", "lease_expires_at", "dispatched_at", "updated"]
-    if not _update_rows(batch, saved, token):
-        return
-    # One countdown for the rows due within the broker horizon: the latest of them, so that
-    # when it arrives they are all due and one claim takes them together.
-    waits = {r.pk: ((r.next_attempt_at or now) - now).total_seconds() for r in later}
-    soon = [
-        pk
-        for pk, wait in waits.items()
-        if wait <= settings.COLLECTIONS_BROKER_COUNTDOWN_MAX_SECONDS
-    ]
-    if soon:
-        _dispatch_on_commit(soon, countdown=max(max(waits[pk] for pk in soon), 0.001))
+    for request in batch:
+        if request.status == Status.SUBMITTED:
+            request.announced_at = None
+    saved = [*fields, "lease_token", "lease_expires_at", "announced_at", "updated"]
+    _update_rows(batch, saved, token)

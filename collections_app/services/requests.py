@@ -1,8 +1,12 @@
-"""Entry points: store a collection request (validated) and enqueue it after commit;
-resubmit failed ones."""
+"""Entry points: store collection requests (validated) and resubmit failed ones.
+
+Storing is the whole of enqueueing: the row is the record of work to do, and a relay in the
+workers picks it up once the caller's transaction has committed (services.broker). Nothing
+here talks to the broker, so a broker outage never holds a caller."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -11,7 +15,6 @@ from django.utils import timezone
 
 from ..models import CollectionRequest, Source, Status
 from ..validation import clean_duration, clean_idempotency_key, clean_meters, invalid
-from .broker import _dispatch_on_commit
 from .transitions import transition
 
 
@@ -23,7 +26,7 @@ def request_collection(
     requested_by: Any = None,
     idempotency_key: str = "",
 ) -> CollectionRequest:
-    """Validate, store and (once the transaction commits) enqueue one collection request.
+    """Validate and store one collection request: it is sent once the transaction commits.
 
     Raises ValidationError naming the field; then nothing is stored or sent. With an
     idempotency key already used by the same user for the same input, returns that request.
@@ -38,23 +41,27 @@ def request_collection(
         existing = _find_idempotent(requested_by, idempotency_key, fields)
         if existing:
             return existing
+    now = timezone.now()
+    row = CollectionRequest(
+        **fields,
+        source=source,
+        requested_by=requested_by,
+        idempotency_key=idempotency_key,
+        next_attempt_at=now,
+        dispatched_at=now,
+    )
+    # One INSERT. Only a key that may collide needs a savepoint, so that losing the race
+    # leaves a caller's own transaction usable.
     try:
-        with transaction.atomic():
-            request = CollectionRequest.objects.create(
-                **fields,
-                source=source,
-                requested_by=requested_by,
-                idempotency_key=idempotency_key,
-                next_attempt_at=timezone.now(),
-            )
-            _dispatch_on_commit([request.pk])
+        with transaction.atomic() if idempotency_key else contextlib.nullcontext():
+            row.save(force_insert=True)
     except IntegrityError:
         if not idempotency_key:
             raise
         existing = _find_idempotent(requested_by, idempotency_key, fields)  # lost a race
         assert existing is not None
         return existing
-    return request
+    return row
 
 
 def request_collections(
@@ -76,10 +83,10 @@ def request_collections(
                 source=source,
                 requested_by=requested_by,
                 next_attempt_at=now,
+                dispatched_at=now,
             )
             for group in groups
         )
-        _dispatch_on_commit([r.pk for r in created])
     return created
 
 
@@ -94,9 +101,10 @@ def _find_idempotent(user: Any, key: str, fields: dict[str, Any]) -> CollectionR
 
 
 def retry_failed(requests: Iterable[CollectionRequest]) -> int:
-    """Give failed requests a fresh set of attempts; returns how many were resubmitted."""
+    """Give failed requests a fresh set of attempts; returns how many were resubmitted.
+    Each row is locked and re-read first, and only the fields of the retry are written."""
     now = timezone.now()
-    ids = []
+    retried = 0
     with transaction.atomic():
         for request in CollectionRequest.objects.select_for_update().filter(
             pk__in=[r.pk for r in requests], status=Status.FAILED
@@ -106,11 +114,25 @@ def retry_failed(requests: Iterable[CollectionRequest]) -> int:
                 Status.SUBMITTED,
                 attempts=0,
                 next_attempt_at=now,
+                dispatched_at=now,
+                announced_at=None,
                 error="",
                 error_description="",
                 last_http_status=None,
             )
-            request.save()
-            ids.append(request.pk)
-        _dispatch_on_commit(ids)
-    return len(ids)
+            request.save(update_fields=RETRY_FIELDS)
+            retried += 1
+    return retried
+
+
+RETRY_FIELDS = [
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "dispatched_at",
+    "announced_at",
+    "error",
+    "error_description",
+    "last_http_status",
+    "updated",
+]
