@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -86,8 +86,12 @@ class SyncPaused(TransientError):
     """The fleet's gate forbids calls to UtilityAPI for longer than a sync waits."""
 
 
-def sync_meters(client: UtilityAPIClient | None = None) -> SyncResult:
-    """Read every page of GET /meters and upsert one Meter row per vendor meter.
+def sync_meters(
+    client: UtilityAPIClient | None = None,
+    on_page: Callable[[SyncResult], None] | None = None,
+) -> SyncResult:
+    """Read every page of GET /meters and upsert one Meter row per vendor meter; after each
+    page, `on_page` (if given) gets the counts so far (progress for the CLI and the admin).
 
     Each page is written in its own short transaction after its HTTP call has returned, so
     no transaction is ever open across HTTP. On an error (a UtilityAPIError, raised after
@@ -103,6 +107,8 @@ def sync_meters(client: UtilityAPIClient | None = None) -> SyncResult:
         body = _fetch_page(client, url)
         _upsert_page(body["meters"], result)
         result.pages += 1
+        if on_page is not None:
+            on_page(result)
         url = _next_url(client, body, visited)
     log.info("meter sync: %s", result)
     return result
@@ -330,8 +336,8 @@ def trigger(
     shown_at: datetime,
 ) -> list[CollectionRequest]:
     """Create collection requests for the selection's collectable meters, bundled
-    COLLECTIONS_MAX_METERS_PER_REQUEST a request, and point each meter's last_request at its
-    request. The requests are sent once the transaction commits.
+    COLLECTIONS_MAX_METERS_PER_REQUEST a request (storing them points each meter's
+    last_request at its request). The requests are sent once the transaction commits.
 
     The meter rows stay locked until then, and the trigger is refused (TriggerConflict) when
     the collectable count is no longer `expected` or a meter was triggered after `shown_at`
@@ -343,11 +349,9 @@ def trigger(
         _check_unchanged(meters, uids, expected, shown_at)
         size = batch_size()
         groups = [uids[i : i + size] for i in range(0, len(uids), size)]
-        created = services.request_collections(
+        return services.request_collections(
             groups, collection_duration, source=Source.REGISTRY, requested_by=requested_by
         )
-        _link_last_requests(groups, created)
-    return created
 
 
 def _check_unchanged(
@@ -366,8 +370,3 @@ def _check_unchanged(
             f"{recent} of these meter(s) were triggered after this page was shown (a second "
             "submit, or another operator). Nothing was created."
         )
-
-
-def _link_last_requests(groups: Sequence[list[str]], created: Sequence[CollectionRequest]) -> None:
-    for group, request in zip(groups, created, strict=True):
-        Meter.objects.filter(uid__in=group).update(last_request=request)

@@ -8,7 +8,7 @@ task (the database restarting), with a short backoff.
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from . import delivery, meters, services
+from . import delivery, meters, services, sync_jobs
 
 INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, ConnectionError)
 
@@ -35,13 +35,25 @@ def sweep() -> dict[str, int]:
 
 # A sync reads every page of GET /meters (1000 meters a page), longer than the default limit.
 @shared_task(
+    bind=True,
     autoretry_for=INFRASTRUCTURE_ERRORS,
     retry_backoff=5,
     max_retries=3,
     soft_time_limit=1800,
     time_limit=1860,
 )
-def sync_meters() -> dict[str, int]:
-    """Periodic (beat): refresh the meter registry from UtilityAPI; returns the counts.
-    UtilityAPI's errors are not retried here: the next scheduled run tries again."""
-    return meters.sync_meters().as_dict()
+def sync_meters(self) -> dict[str, int]:
+    """Periodic (beat), at start on an empty registry, and from the admin: refresh the meter
+    registry from UtilityAPI; reports its counts after each page (state PROGRESS) and returns
+    them. UtilityAPI's errors are not retried here: the next scheduled run tries again."""
+    task_id = self.request.id
+
+    def report(result: meters.SyncResult) -> None:
+        if task_id:
+            self.update_state(state="PROGRESS", meta=result.as_dict())
+
+    try:
+        return meters.sync_meters(on_page=report).as_dict()
+    finally:
+        if task_id:
+            sync_jobs.finished(task_id)

@@ -135,12 +135,12 @@ BAD_BODIES = [
     ({"collection_duration": 12}, "required_param_missing", "meters"),
     ({"meters": "m-1"}, "invalid_param", "meters"),
     ({"meters": {"uid": "m-1"}}, "invalid_param", "meters"),
-    ({"meters": [1]}, "invalid_param", "meters[1]"),
-    ({"meters": ["m-1", None]}, "invalid_param", "meters[2]"),
+    ({"meters": [1]}, "invalid_param", "1st meter"),
+    ({"meters": ["m-1", None]}, "invalid_param", "2nd meter"),
     ({"meters": ["m-1", "m-1"]}, "invalid_param", "more than once"),
-    ({"meters": ["m 1"]}, "invalid_param", "meters[1]"),
-    ({"meters": [" "]}, "invalid_param", "meters[1]"),
-    ({"meters": ["x" * 65]}, "invalid_param", "meters[1]"),
+    ({"meters": ["m 1"]}, "invalid_param", "1st meter"),
+    ({"meters": [" "]}, "invalid_param", "1st meter"),
+    ({"meters": ["x" * 65]}, "invalid_param", "1st meter"),
     ({"meters": ["m-1"], "collection_duration": True}, "invalid_param", "collection_duration"),
     ({"meters": ["m-1"], "collection_duration": 12.0}, "invalid_param", "collection_duration"),
     ({"meters": ["m-1"], "collection_duration": 12.5}, "invalid_param", "collection_duration"),
@@ -162,7 +162,7 @@ BAD_BODIES = [
     ('{"meters": ["m-1"]} trailing', "invalid_json", "not valid JSON"),
     ("[" * 100_000, "invalid_json", "nested too deeply"),
     (b'{"meters": ["\xff"]}', "invalid_json", "not valid JSON"),
-    ('{"meters": ["m-\\ud800"]}', "invalid_param", "meters[1]"),  # a lone surrogate: no text
+    ('{"meters": ["m-\\ud800"]}', "invalid_param", "1st meter"),  # a lone surrogate: no text
 ]
 
 

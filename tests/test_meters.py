@@ -330,7 +330,9 @@ def staff(django_user_model: Any, name: str, *codenames: str) -> Client:
 
 @pytest.fixture
 def operator(django_user_model: Any) -> Client:
-    return staff(django_user_model, "op", "view_meter", "trigger_collection")
+    return staff(
+        django_user_model, "op", "view_meter", "add_collectionrequest", "trigger_collection"
+    )
 
 
 @pytest.fixture
@@ -372,6 +374,7 @@ def press(browser: Client, page: Any, button: str, duration: str = "", url: str 
     the URL it came from, so the changelist's filters still apply."""
     data: dict[str, Any] = hidden_inputs(page.content.decode())
     data.update({button: "x", "collection_duration": duration})
+    data["typed_count"] = data.get("expected", "")  # typed, as asked above the threshold
     return browser.post(url, data)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from ..models import CollectionRequest, Source, Status
+from ..models import CollectionRequest, Meter, Source, Status
 from ..validation import clean_duration, clean_meters, invalid
 from .broker import _dispatch_on_commit
 from .transitions import transition
@@ -48,6 +48,7 @@ def request_collection(
                 idempotency_key=idempotency_key,
                 next_attempt_at=timezone.now(),
             )
+            _mark_last_request(request)
             _dispatch_on_commit([request.pk])
     except IntegrityError:
         if not idempotency_key:
@@ -80,8 +81,15 @@ def request_collections(
             )
             for group in groups
         )
+        for request in created:
+            _mark_last_request(request)
         _dispatch_on_commit([r.pk for r in created])
     return created
+
+
+def _mark_last_request(request: CollectionRequest) -> None:
+    """Point the registry's meters at their newest request, whichever entry point stored it."""
+    Meter.objects.filter(uid__in=request.meters).update(last_request=request)
 
 
 def _find_idempotent(user: Any, key: str, fields: dict[str, Any]) -> CollectionRequest | None:
