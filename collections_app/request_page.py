@@ -30,7 +30,8 @@ class MeterRow:
 @dataclass(frozen=True)
 class Event:
     when: datetime | None
-    kind: str  # stored, accepted, refused, throttled, no-answer, waiting, pending, failed
+    kind: str  # stored, accepted, refused, unavailable, throttled, no-answer, waiting,
+    # pending or failed
     title: str
     detail: str = ""
     task_id: str = ""
@@ -81,6 +82,8 @@ def _attempt(attempt: Any) -> Event:
     elif code == 429:
         kind, title = "throttled", "Sent: HTTP 429, rate limited"
         why = why or f"retry after {attempt.retry_after_seconds or 0:g} s"
+    elif code >= 500 and code != 500:  # 503, 504, …: retried with backoff
+        kind, title = "unavailable", f"Sent: HTTP {code}, UtilityAPI unavailable"
     else:
         kind, title = "refused", f"Sent: HTTP {code}"
     detail = " ".join(part for part in [f"Answered{took}{shared}.", why] if part)
