@@ -95,7 +95,7 @@ class Terminal:
             stdin=slave,
             stdout=slave,
             stderr=slave,
-            preexec_fn=_controlling_terminal,  # noqa: PLW1509
+            preexec_fn=_controlling_terminal,
         )
         os.close(slave)
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -270,9 +270,7 @@ def test_request_page_is_a_read_only_record_with_a_timeline(
     expect(page.locator("#content h2")).to_have_text("100-00000")
 
 
-def test_api_token_page_is_read_only(
-    page: Any, live_server: Any, django_user_model: Any
-) -> None:
+def test_api_token_page_is_read_only(page: Any, live_server: Any, django_user_model: Any) -> None:
     operator(django_user_model)
     token, _ = tokens.issue(django_user_model.objects.create_user("app"), "web app")
     url = f"/admin/collections_app/apitoken/{token.pk}/change/"
@@ -329,8 +327,7 @@ def test_registry_shows_the_last_request_from_every_source(
 
     page.goto(f"{live_server.url}/admin/collections_app/meter/")
     by_uid = {
-        source: CollectionRequest.objects.get(source=source)
-        for source in ("admin", "api", "cli")
+        source: CollectionRequest.objects.get(source=source) for source in ("admin", "api", "cli")
     }
     for n, source in enumerate(["admin", "api", "cli"]):
         row = page.locator("#result_list tbody tr", has_text=f"m-0000{n}")
