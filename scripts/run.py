@@ -34,7 +34,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
 READY_TIMEOUT_SECONDS = 180
 POLL_SECONDS = 0.5
-STOPPED = "Stopped web, worker, beat{} and everything they started."
 
 
 def web_address() -> str:
@@ -189,7 +188,9 @@ def run(command: list[str]) -> int:
         threading.Thread(target=runner.announce_when_ready, daemon=True).start()
         returncode = runner.pass_output()
     if runner.stopping.is_set():
-        print(STOPPED.format(" and the sandbox" if runner.with_sandbox else ""))
+        names = command[command.index("start") + 1 :] if "start" in command else command
+        back = "\r" if sys.stdout.isatty() else ""  # over the terminal's "^C"
+        print(f"{back}Everything stopped ({', '.join(names)}).")
         return 0
     print(f"A process exited (honcho: {returncode}), so every process was stopped; see above.")
     return returncode or 1

@@ -507,3 +507,17 @@ def test_schema_is_public_json(client: Client) -> None:
     schema = json.loads(response.content)
     assert set(schema["paths"]) == {"/api/collections/", "/api/collections/{id}/"}
     assert set(schema["components"]["securitySchemes"]) == {"bearerAuth", "staffSessionAuth"}
+
+
+def test_every_problem_with_the_meters_is_in_the_description(
+    api: Client, nothing_happens: None
+) -> None:
+    body = assert_error(
+        post(api, {"meters": ["100001", "100001", "bad meter"]}), 400, "invalid_param"
+    )
+    assert body["field"] == "meters"
+    assert body["error_description"] == (
+        "meters lists 100001 more than once (the 1st and 2nd meters). "
+        "meters: the 3rd meter ('bad meter') is not a meter uid: at most 64 characters, "
+        "no spaces or control characters."
+    )
