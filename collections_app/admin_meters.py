@@ -222,15 +222,13 @@ class MeterAdmin(admin.ModelAdmin):
         if request is None:
             return "-"
         url = reverse("admin:collections_app_collectionrequest_change", args=[request.pk])
-        when = f"{request.created:%Y-%m-%d %H:%M}"
         return format_html(
-            '<a href="{}" style="white-space:nowrap">{} · {}</a>', url, request.status, when
+            '<a href="{}">{}<br><small>{}</small></a>', url, request.status, _when(request.created)
         )
 
     @admin.display(description="synced", ordering="synced_at")
     def synced(self, meter: Meter) -> str:
-        when = f"{meter.synced_at:%Y-%m-%d %H:%M}"
-        return format_html('<span style="white-space:nowrap">{}</span>', when)
+        return _when(meter.synced_at)
 
     @admin.display(description="vendor object")
     def raw_json(self, meter: Meter) -> str:
@@ -313,6 +311,11 @@ class MeterAdmin(admin.ModelAdmin):
             "back_url": request.get_full_path(),
         }
         return TemplateResponse(request, "collections_app/meter_trigger_confirmation.html", context)
+
+
+def _when(moment: datetime) -> str:
+    """A short time (the list must fit a laptop's width; Django's own format is longer)."""
+    return f"{moment:%Y-%m-%d %H:%M}"
 
 
 def _price_table() -> list[tuple[str, str]]:
