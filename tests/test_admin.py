@@ -164,3 +164,14 @@ def test_api_token_page_is_read_only(admin_client: Any, django_user_model: Any) 
     assert admin_client.post(url, {"name": "renamed"}).status_code == 403
     token.refresh_from_db()
     assert token.name == "web app"
+
+
+def test_a_failed_request_page_offers_retry(client: Any, operator: Any, redis_db: Any) -> None:
+    (failed,) = claimed(["m-1"])
+    services.record_outcome([failed], PermanentError("http_500", "boom", status_code=500), call())
+    url = reverse("admin:collections_app_collectionrequest_change", args=[failed.pk])
+    html = client.get(url).content.decode()
+    assert 'value="Retry this request"' in html and "http_500" in html
+    client.post(LIST, {"action": "retry_failed", "_selected_action": [failed.pk]})
+    assert CollectionRequest.objects.get(pk=failed.pk).status == "submitted"
+    assert 'value="Retry this request"' not in client.get(url).content.decode()
