@@ -7,7 +7,7 @@ REDIS_URL ?= redis://127.0.0.1:6379/0
 SANDBOX_PORT ?= 8765
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint bench install install-test redis superuser clean
+.PHONY: run urls test lint bench install install-test redis superuser clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,11 +32,15 @@ run: install redis
 	@$(PY) scripts/dev_login.py
 ifeq ($(UTILITYAPI_TOKEN),)
 	@echo "UTILITYAPI_TOKEN is unset: using the built-in sandbox at http://127.0.0.1:$(SANDBOX_PORT)/api/v2"
-	UTILITYAPI_TOKEN=sandbox-token UTILITYAPI_BASE_URL=http://127.0.0.1:$(SANDBOX_PORT)/api/v2 \
-		$(BIN)/honcho start web worker beat sandbox
+	@UTILITYAPI_TOKEN=sandbox-token UTILITYAPI_BASE_URL=http://127.0.0.1:$(SANDBOX_PORT)/api/v2 \
+		$(PY) scripts/run.py $(BIN)/honcho start web worker beat sandbox
 else
-	$(BIN)/honcho start web worker beat
+	@$(PY) scripts/run.py $(BIN)/honcho start web worker beat
 endif
+
+# The URLs and the development login again, while `make run` runs.
+urls:
+	@$(PY) scripts/run.py --urls
 
 test: install-test redis
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -1,47 +1,35 @@
-"""Operators' view: every field read-only; writes go through the services package."""
+"""Operators' view: records are read-only (no change permission, so no Save can write a
+stale row over a worker's); writes go through the services package."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+)
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from . import selectors, services
+from . import request_page, selectors, services
 from .forms import CollectionRequestForm
-from .models import TRIGGER_PERMISSION, ApiToken, Attempt, CollectionRequest, Source, Status
+from .models import ApiToken, CollectionRequest, Source, Status
+from .permissions import may_trigger
 from .services import tokens
 
-
-class AttemptInline(admin.TabularInline):
-    model = Attempt
-    extra = 0
-    can_delete = False
-    fields = (
-        "started",
-        "status_code",
-        "duration_ms",
-        "retry_after_seconds",
-        "error",
-        "error_description",
-        "requests_in_call",
-        "task_link",
-    )
-    readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    @admin.display(description="Celery task")
-    def task_link(self, attempt: Attempt) -> str:
-        return task_link(attempt.task_id)
+BADGE = (
+    '<span class="status-badge status-{1}" style="background:{0};color:#fff;'
+    'border-radius:4px;padding:1px 7px">{1}</span>'
+)
 
 
 def task_link(task_id: str) -> str:
@@ -55,7 +43,7 @@ def task_link(task_id: str) -> str:
 class CollectionRequestAdmin(admin.ModelAdmin):
     list_display = [
         "id",
-        "status",
+        "status_badge",
         "meter_count",
         "ignored_count",
         "attempts",
@@ -69,12 +57,7 @@ class CollectionRequestAdmin(admin.ModelAdmin):
     date_hierarchy = "created"
     list_per_page = 50
     show_full_result_count = False
-    inlines = [AttemptInline]
     actions = ["retry_failed"]
-    fields = [*CollectionRequest.PUBLIC_FIELDS, "requested_by", "idempotency_key", "task"]
-
-    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        return self.fields
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> Any:
         """Search by request id or by one meter uid (an exact uid in the meters list)."""
@@ -90,15 +73,18 @@ class CollectionRequestAdmin(admin.ModelAdmin):
     def ignored_count(self, obj: CollectionRequest) -> int:
         return len(obj.ignored_meters or [])
 
-    @admin.display(description="Celery task")
-    def task(self, obj: CollectionRequest) -> str:
-        return task_link(obj.task_id)
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: CollectionRequest) -> str:
+        return status_badge(obj.status)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
-        return super().has_add_permission(request) and request.user.has_perm(TRIGGER_PERMISSION)
+        return may_trigger(request.user)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # workers own the row; see change_view for the read-only page
 
     def has_retry_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm(TRIGGER_PERMISSION)
+        return may_trigger(request.user)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # requests are an audit trail of money spent
@@ -119,6 +105,32 @@ class CollectionRequestAdmin(admin.ModelAdmin):
         for pause in selectors.active_pauses():
             self.message_user(request, pause.message, messages.WARNING)
         return super().changelist_view(request, extra_context)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        """The request's own read-only page: status, meters, timeline; nothing to save."""
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponseNotAllowed(["GET"])
+        obj = self.get_object(request, unquote(object_id))
+        if obj is None:
+            raise Http404(f"No collection request {object_id}.")
+        if not self.has_view_permission(request, obj):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Collection request {obj.pk}",
+            "opts": self.opts,
+            "original": obj,
+            "status_badge": status_badge(obj.status),
+            "status_meaning": request_page.STATUS_MEANINGS[Status(obj.status)],
+            "meter_rows": request_page.meter_rows(obj),
+            "timeline": request_page.timeline(obj),
+            "task": task_link(obj.task_id),
+            "may_retry": obj.status == Status.FAILED and self.has_retry_permission(request),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "collections_app/request_detail.html", context)
 
     def add_view(self, request: HttpRequest, form_url: str = "", extra_context: Any = None) -> Any:
         """Validate with the shared rules and trigger through request_collection."""
@@ -145,10 +157,14 @@ class CollectionRequestAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "collections_app/admin_add.html", context)
 
 
+def status_badge(status: str) -> str:
+    return format_html(BADGE, request_page.STATUS_COLOURS[Status(status)], status)
+
+
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    """Tokens are issued by `manage.py create_api_token` (shown once); here they are listed
-    and revoked."""
+    """Tokens are issued by `manage.py create_api_token` (shown once); here they are listed,
+    viewed (read-only: nothing to save), revoked and deleted."""
 
     list_display = ["prefix", "name", "user", "created", "last_used_at", "revoked_at"]
     list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
@@ -158,9 +174,12 @@ class ApiTokenAdmin(admin.ModelAdmin):
     actions = ["revoke"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # the token must be shown once, on a terminal: create_api_token
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    @admin.action(description="Revoke selected tokens", permissions=["change"])
+    @admin.action(description="Revoke selected tokens", permissions=["delete"])
     def revoke(self, request: HttpRequest, queryset: QuerySet) -> None:
         count = tokens.revoke(queryset)
         self.message_user(request, f"{count} token(s) revoked.", messages.SUCCESS)

@@ -1,6 +1,9 @@
-"""The meter registry's admin: synced meters, read-only, with a bulk "Trigger historical
-collection" action that goes through a confirmation page (Django's intermediate-page action
-pattern: the page re-posts the selection to the changelist with the action's own fields).
+"""The meter registry's admin: synced meters, read-only, with "Sync meters now" (a background
+sync whose progress the list shows) and a bulk "Trigger historical collection" action that
+goes through a confirmation page (Django's intermediate-page action pattern: the page re-posts
+the selection to the changelist with the action's own fields). Above
+COLLECTIONS_CONFIRM_TYPED_ABOVE dollars the page asks for the number of meters to be typed,
+and every trigger is written to the admin log with its estimate.
 """
 
 from __future__ import annotations
@@ -8,22 +11,25 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html, format_html_join
 
-from . import pricing
-from .models import COLLECTABLE, MAX_MONTHS, MIN_MONTHS, TRIGGER_PERMISSION, Meter
+from . import pricing, sync_jobs
+from .models import COLLECTABLE, MAX_MONTHS, MIN_MONTHS, Meter
+from .permissions import may_trigger
 from .services import bulk_trigger
 from .validation import clean_duration
 
@@ -45,6 +51,11 @@ class TriggerForm(forms.Form):
             attrs={"min": MIN_MONTHS, "max": MAX_MONTHS, "style": "width:6em"}
         ),
     )
+    typed_count = forms.IntegerField(
+        required=False,
+        label="Type the number of meters to confirm",
+        widget=forms.TextInput(attrs={"inputmode": "numeric", "autocomplete": "off"}),
+    )
     expected = forms.IntegerField(min_value=0, widget=forms.HiddenInput)
     shown_at = forms.CharField(widget=forms.HiddenInput)
 
@@ -62,8 +73,28 @@ class TriggerForm(forms.Form):
         return parsed
 
 
+def titled(title: str, base: type = admin.FieldListFilter) -> Any:
+    """A field's list filter under `title` (Django would say "By is archived")."""
+
+    class Titled(base):  # type: ignore[valid-type, misc]
+        template = "collections_app/list_filter.html"
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.title = title
+
+    return Titled
+
+
+def typed_confirmation_needed(estimate: pricing.Estimate) -> bool:
+    """A trigger that may cost more than COLLECTIONS_CONFIRM_TYPED_ABOVE dollars asks for the
+    number of meters to be typed (the estimate's upper end counts)."""
+    return estimate.high > Decimal(str(settings.COLLECTIONS_CONFIRM_TYPED_ABOVE))
+
+
 class CollectableFilter(admin.SimpleListFilter):
-    title = "collectable"
+    title = "Collectable"
+    template = "collections_app/list_filter.html"
     parameter_name = "collectable"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
@@ -86,18 +117,18 @@ class MeterAdmin(admin.ModelAdmin):
         "vendor_status",
         "flags",
         "last_request_link",
-        "synced_at",
+        "synced",
     ]
     list_filter = [
         CollectableFilter,
-        "authorization_revoked",
-        "authorization_expired",
-        "is_archived",
-        "is_activated",
-        "vendor_status",
-        "utility",
-        ("last_request__status", admin.AllValuesFieldListFilter),
-        "synced_at",
+        ("authorization_revoked", titled("Authorization revoked", admin.BooleanFieldListFilter)),
+        ("authorization_expired", titled("Authorization expired", admin.BooleanFieldListFilter)),
+        ("is_archived", titled("Archived", admin.BooleanFieldListFilter)),
+        ("is_activated", titled("Activated", admin.BooleanFieldListFilter)),
+        ("vendor_status", titled("Vendor status", admin.AllValuesFieldListFilter)),
+        ("utility", titled("Utility", admin.AllValuesFieldListFilter)),
+        ("last_request__status", titled("Last request status", admin.AllValuesFieldListFilter)),
+        ("synced_at", titled("Synced", admin.DateFieldListFilter)),
     ]
     search_fields = ["uid", "authorization_uid"]  # exact; see get_search_results
     search_help_text = "Meter or authorization uids (exact); several separated by spaces or commas."
@@ -131,8 +162,39 @@ class MeterAdmin(admin.ModelAdmin):
         return False
 
     def has_trigger_permission(self, request: HttpRequest) -> bool:
-        """Collections cost money: the action needs the custom permission."""
-        return request.user.has_perm(TRIGGER_PERMISSION)
+        """Collections cost money: the action needs add and trigger (permissions.py)."""
+        return may_trigger(request.user)
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [
+            path("sync/", view(self.sync_view), name="collections_app_meter_sync"),
+            path(
+                "sync/<str:task_id>/",
+                view(self.sync_progress_view),
+                name="collections_app_meter_sync_progress",
+            ),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        """The list, with the sync in flight (if any) for the page to follow."""
+        context = {"sync_task": sync_jobs.running(), **(extra_context or {})}
+        return super().changelist_view(request, context)
+
+    def sync_view(self, request: HttpRequest) -> HttpResponseRedirect:
+        """POST: queue a sync (or follow the one in flight) and go back to the list."""
+        if request.method != "POST" or not self.has_view_permission(request):
+            raise PermissionDenied
+        sync_jobs.queue_sync()
+        self.message_user(request, "Meter sync queued; this page follows its progress.")
+        return HttpResponseRedirect(reverse("admin:collections_app_meter_changelist"))
+
+    def sync_progress_view(self, request: HttpRequest, task_id: str) -> JsonResponse:
+        """GET: the sync's state, as JSON, for the list page to poll."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        return JsonResponse(sync_jobs.progress(task_id).as_dict())
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> Any:
         """Exact uids, meter or authorization, any number of them (pasted lists work)."""
@@ -163,8 +225,13 @@ class MeterAdmin(admin.ModelAdmin):
         if request is None:
             return "-"
         url = reverse("admin:collections_app_collectionrequest_change", args=[request.pk])
-        when = f"{request.created:%Y-%m-%d %H:%M}"
-        return format_html('<a href="{}">{} · {}</a>', url, request.status, when)
+        return format_html(
+            '<a href="{}">{}<br><small>{}</small></a>', url, request.status, _when(request.created)
+        )
+
+    @admin.display(description="synced", ordering="synced_at")
+    def synced(self, meter: Meter) -> str:
+        return _when(meter.synced_at)
 
     @admin.display(description="vendor object")
     def raw_json(self, meter: Meter) -> str:
@@ -182,8 +249,17 @@ class MeterAdmin(admin.ModelAdmin):
         return self._confirmation_page(request, queryset, form)
 
     def _trigger(self, request: HttpRequest, queryset: QuerySet, form: TriggerForm) -> bool:
-        """Create the requests; False (the reason added to the form) when nothing was."""
+        """Create the requests and log them; False (the reason added to the form) when
+        nothing was created."""
         data = form.cleaned_data
+        estimate = pricing.estimate(data["expected"], data["collection_duration"])
+        if typed_confirmation_needed(estimate) and data.get("typed_count") != data["expected"]:
+            form.add_error(
+                "typed_count",
+                f"Type {data['expected']}, the number of meters to collect, to confirm "
+                f"a trigger that may cost {estimate}.",
+            )
+            return False
         try:
             created = bulk_trigger.trigger(
                 queryset,
@@ -196,6 +272,14 @@ class MeterAdmin(admin.ModelAdmin):
             form.add_error(None, str(err))
             return False
         count = sum(len(r.meters) for r in created)
+        for created_request in created:
+            self.log_addition(
+                request,
+                created_request,
+                f"Triggered from the meter registry: {len(created_request.meters)} of "
+                f"{count} meter(s) in {len(created)} request(s), estimated at most "
+                f"{estimate} in all.",
+            )
         self.message_user(
             request,
             f"{len(created)} collection request(s) created for {count} meter(s); "
@@ -211,6 +295,7 @@ class MeterAdmin(admin.ModelAdmin):
         duration = None
         if form.is_bound and "collection_duration" not in form.errors:  # validates the form
             duration = form.cleaned_data.get("collection_duration")
+        estimate = pricing.estimate(plan.collectable, duration)
         context = {
             **self.admin_site.each_context(request),
             "title": "Trigger historical collection",
@@ -218,7 +303,8 @@ class MeterAdmin(admin.ModelAdmin):
             "form": form,
             "plan": plan,
             "max_meters": bulk_trigger.max_meters_per_request(),
-            "estimate": pricing.estimate(plan.collectable, duration),
+            "estimate": estimate,
+            "type_to_confirm": typed_confirmation_needed(estimate),
             "prices": _price_table(),
             "selected": request.POST.getlist(ACTION_CHECKBOX_NAME),
             "select_across": request.POST.get("select_across", "0"),
@@ -228,6 +314,11 @@ class MeterAdmin(admin.ModelAdmin):
             "back_url": request.get_full_path(),
         }
         return TemplateResponse(request, "collections_app/meter_trigger_confirmation.html", context)
+
+
+def _when(moment: datetime) -> str:
+    """A short time (the list must fit a laptop's width; Django's own format is longer)."""
+    return f"{moment:%Y-%m-%d %H:%M}"
 
 
 def _price_table() -> list[tuple[str, str]]:

@@ -9,7 +9,7 @@ from celery import shared_task
 from celery.exceptions import Ignore
 from django.db import InterfaceError, OperationalError
 
-from . import delivery, services
+from . import delivery, services, sync_jobs
 from .services import registry
 
 INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, ConnectionError)
@@ -40,13 +40,25 @@ def sweep() -> dict[str, int]:
 
 # A sync reads every page of GET /meters (1000 meters a page), longer than the default limit.
 @shared_task(
+    bind=True,
     autoretry_for=INFRASTRUCTURE_ERRORS,
     retry_backoff=5,
     max_retries=3,
     soft_time_limit=1800,
     time_limit=1860,
 )
-def sync_meters() -> dict[str, int]:
-    """Periodic (beat): refresh the meter registry from UtilityAPI; returns the counts.
-    UtilityAPI's errors are not retried here: the next scheduled run tries again."""
-    return registry.sync_meters().as_dict()
+def sync_meters(self) -> dict[str, int]:
+    """Periodic (beat), at start on an empty registry, and from the admin: refresh the meter
+    registry from UtilityAPI; reports its counts after each page (state PROGRESS) and returns
+    them. UtilityAPI's errors are not retried here: the next scheduled run tries again."""
+    task_id = self.request.id
+
+    def report(result: registry.SyncResult) -> None:
+        if task_id:
+            self.update_state(state="PROGRESS", meta=result.as_dict())
+
+    try:
+        return registry.sync_meters(on_page=report).as_dict()
+    finally:
+        if task_id:
+            sync_jobs.finished(task_id)

@@ -7,7 +7,6 @@ UtilityAPI's own error type as its code (`required_param_missing` or `invalid_pa
 from __future__ import annotations
 
 import re
-from collections import Counter
 from typing import Any
 
 from django.conf import settings
@@ -28,7 +27,10 @@ def invalid(field: str, message: str, code: str = "invalid_param") -> Validation
 
 
 def clean_meters(value: Any) -> list[str]:
-    """A non-empty list of distinct, non-blank meter uid strings (as UtilityAPI takes them)."""
+    """A non-empty list of distinct, non-blank meter uid strings (as UtilityAPI takes them).
+
+    Every problem with the uids is reported at once, one message each, naming positions as
+    people count ("the 3rd meter")."""
     if value is None or value == "" or value == []:
         raise invalid(
             "meters",
@@ -40,26 +42,50 @@ def clean_meters(value: Any) -> list[str]:
     limit = settings.COLLECTIONS_MAX_METERS_PER_REQUEST
     if len(value) > limit:
         raise invalid("meters", f"meters has {len(value)} uids; at most {limit} are allowed.")
-    for position, uid in enumerate(value, start=1):
-        _check_uid(uid, position)
-    repeated = sorted(uid for uid, n in Counter(value).items() if n > 1)
-    if repeated:
-        raise invalid("meters", f"meters lists {', '.join(repeated[:5])} more than once.")
+    problems = _uid_problems(value)
+    if problems:
+        raise ValidationError(
+            {"meters": [ValidationError(p, code="invalid_param") for p in problems]}
+        )
     return list(value)
 
 
-def _check_uid(uid: Any, position: int) -> None:
-    where = f"meters[{position}]"
+def _uid_problems(uids: list[Any]) -> list[str]:
+    """One message per bad or repeated uid, in list order."""
+    problems = []
+    first_seen: dict[str, int] = {}
+    for position, uid in enumerate(uids, start=1):
+        problem = _uid_problem(uid, position)
+        if problem is None and uid in first_seen:
+            problem = (
+                f"meters lists {uid} more than once (the {ordinal(first_seen[uid])} "
+                f"and {ordinal(position)} meters)."
+            )
+        if problem:
+            problems.append(problem)
+        elif isinstance(uid, str):
+            first_seen[uid] = position
+    return problems
+
+
+def _uid_problem(uid: Any, position: int) -> str | None:
+    where = f"meters: the {ordinal(position)} meter"
     if not isinstance(uid, str):
-        raise invalid("meters", f"{where} must be a string uid, not {type(uid).__name__}.")
+        return f"{where} must be a string uid, not {type(uid).__name__}."
     if not uid.strip():
-        raise invalid("meters", f"{where} is blank.")
+        return f"{where} is blank."
     if len(uid) > UID_MAX_LENGTH or _BAD_UID_CHARS.search(uid):
-        raise invalid(
-            "meters",
+        return (
             f"{where} ({uid[:UID_MAX_LENGTH]!r}) is not a meter uid: at "
-            f"most {UID_MAX_LENGTH} characters, no spaces or control characters.",
+            f"most {UID_MAX_LENGTH} characters, no spaces or control characters."
         )
+    return None
+
+
+def ordinal(n: int) -> str:
+    """1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st: positions as people count them."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def clean_duration(value: Any) -> int | None:

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from celery import Celery, bootsteps
-from celery.signals import task_postrun, task_prerun
+from celery.signals import beat_init, task_postrun, task_prerun
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
@@ -29,6 +29,15 @@ def reuse_db_connections(sender: Any = None, **kwargs: Any) -> None:
     from django.db import close_old_connections
 
     close_old_connections()
+
+
+@beat_init.connect
+def sync_an_empty_registry(sender: Any = None, **kwargs: Any) -> None:
+    """One beat runs per fleet: when it starts on an empty meter registry, it queues one sync
+    at once instead of waiting for the schedule's first interval."""
+    from collections_app.sync_jobs import queue_sync_if_empty
+
+    queue_sync_if_empty()
 
 
 class DueWorkRelay(bootsteps.StartStopStep):

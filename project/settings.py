@@ -157,6 +157,8 @@ COLLECTIONS_SLOT_MAX_WAIT_SECONDS = env_float("COLLECTIONS_SLOT_MAX_WAIT_SECONDS
 # 1–7 months PER_MONTH each; 8–12 months FLAT_12; 13–36 months FLAT_12 + PER_MONTH past 12.
 COLLECTIONS_PRICE_PER_MONTH = env_float("COLLECTIONS_PRICE_PER_MONTH", 1.50)
 COLLECTIONS_PRICE_FLAT_12 = env_float("COLLECTIONS_PRICE_FLAT_12", 12.00)
+# A bulk trigger whose estimate may exceed this many dollars asks for the meter count typed.
+COLLECTIONS_CONFIRM_TYPED_ABOVE = env_float("COLLECTIONS_CONFIRM_TYPED_ABOVE", 1000)
 
 # --- Meter registry (docs/meters.md) ----------------------------------------------------------
 METERS_SYNC_INTERVAL_SECONDS = env_int("METERS_SYNC_INTERVAL_SECONDS", 3600, minimum=1)

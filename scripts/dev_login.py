@@ -1,4 +1,5 @@
-"""For `make run`: make sure a development superuser exists and print the URLs and login."""
+"""For `make run`: make sure the development superuser exists (scripts/run.py prints the
+URLs and the login once every process is ready)."""
 
 import os
 import sys
@@ -20,10 +21,3 @@ if not settings.DEBUG:
 User = get_user_model()
 if not User.objects.filter(username="admin").exists():
     User.objects.create_superuser("admin", "admin@example.com", "admin")
-bind = os.environ.get("WEB_BIND", "127.0.0.1:8000")
-print(f"""
-  Admin          http://{bind}/admin/     login: admin / admin (development only)
-  Ops dashboard  http://{bind}/ops/
-  JSON API       http://{bind}/api/collections/   (token: manage.py create_api_token admin)
-  Ctrl-C stops web, worker, beat and the sandbox together.
-""")

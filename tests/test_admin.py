@@ -134,3 +134,46 @@ def test_api_tokens_are_revoked_from_the_admin(admin_client: Any, django_user_mo
     assert token.prefix in page and raw not in page
     admin_client.post(url, {"action": "revoke", "_selected_action": [token.pk]})
     assert tokens.authenticate(raw) is None
+
+
+def test_retry_needs_add_besides_trigger(client: Any, operator: Any, redis_db: Any) -> None:
+    (failed,) = claimed(["m-1"])
+    services.record_outcome([failed], PermanentError("http_500", "boom", status_code=500), call())
+    operator.user_permissions.remove(Permission.objects.get(codename="add_collectionrequest"))
+    assert 'value="retry_failed"' not in client.get(LIST).content.decode()
+    client.post(LIST, {"action": "retry_failed", "_selected_action": [failed.pk]})
+    assert CollectionRequest.objects.get(pk=failed.pk).status == "failed"
+    assert client.get(ADD).status_code == 403
+
+
+def test_request_page_has_no_save_and_refuses_a_post(client: Any, operator: Any) -> None:
+    request = services.request_collection(["m-1"])
+    url = reverse("admin:collections_app_collectionrequest_change", args=[request.pk])
+    html = client.get(url).content.decode()
+    assert f"Collection request {request.pk}" in html
+    assert 'name="_save"' not in html and "Change collection request" not in html
+    assert client.post(url, {"status": "failed"}).status_code == 405
+    assert CollectionRequest.objects.get(pk=request.pk).status == "submitted"
+
+
+def test_api_token_page_is_read_only(admin_client: Any, django_user_model: Any) -> None:
+    from collections_app.services import tokens
+
+    token, _ = tokens.issue(django_user_model.objects.create_user("app"), "web app")
+    url = reverse("admin:collections_app_apitoken_change", args=[token.pk])
+    html = admin_client.get(url).content.decode()
+    assert token.prefix in html and 'name="_save"' not in html
+    assert admin_client.post(url, {"name": "renamed"}).status_code == 403
+    token.refresh_from_db()
+    assert token.name == "web app"
+
+
+def test_a_failed_request_page_offers_retry(client: Any, operator: Any, redis_db: Any) -> None:
+    (failed,) = claimed(["m-1"])
+    services.record_outcome([failed], PermanentError("http_500", "boom", status_code=500), call())
+    url = reverse("admin:collections_app_collectionrequest_change", args=[failed.pk])
+    html = client.get(url).content.decode()
+    assert 'value="Retry this request"' in html and "http_500" in html
+    client.post(LIST, {"action": "retry_failed", "_selected_action": [failed.pk]})
+    assert CollectionRequest.objects.get(pk=failed.pk).status == "submitted"
+    assert 'value="Retry this request"' not in client.get(url).content.decode()

@@ -137,12 +137,12 @@ BAD_BODIES = [
     ({"collection_duration": 12}, "required_param_missing", "meters"),
     ({"meters": "m-1"}, "invalid_param", "meters"),
     ({"meters": {"uid": "m-1"}}, "invalid_param", "meters"),
-    ({"meters": [1]}, "invalid_param", "meters[1]"),
-    ({"meters": ["m-1", None]}, "invalid_param", "meters[2]"),
+    ({"meters": [1]}, "invalid_param", "1st meter"),
+    ({"meters": ["m-1", None]}, "invalid_param", "2nd meter"),
     ({"meters": ["m-1", "m-1"]}, "invalid_param", "more than once"),
-    ({"meters": ["m 1"]}, "invalid_param", "meters[1]"),
-    ({"meters": [" "]}, "invalid_param", "meters[1]"),
-    ({"meters": ["x" * 65]}, "invalid_param", "meters[1]"),
+    ({"meters": ["m 1"]}, "invalid_param", "1st meter"),
+    ({"meters": [" "]}, "invalid_param", "1st meter"),
+    ({"meters": ["x" * 65]}, "invalid_param", "1st meter"),
     ({"meters": ["m-1"], "collection_duration": True}, "invalid_param", "collection_duration"),
     ({"meters": ["m-1"], "collection_duration": 12.0}, "invalid_param", "collection_duration"),
     ({"meters": ["m-1"], "collection_duration": 12.5}, "invalid_param", "collection_duration"),
@@ -164,7 +164,7 @@ BAD_BODIES = [
     ('{"meters": ["m-1"]} trailing', "invalid_json", "not valid JSON"),
     ("[" * 100_000, "invalid_json", "nested too deeply"),
     (b'{"meters": ["\xff"]}', "invalid_json", "not valid JSON"),
-    ('{"meters": ["m-\\ud800"]}', "invalid_param", "meters[1]"),  # a lone surrogate: no text
+    ('{"meters": ["m-\\ud800"]}', "invalid_param", "1st meter"),  # a lone surrogate: no text
 ]
 
 
@@ -509,3 +509,17 @@ def test_schema_is_public_json(client: Client) -> None:
     schema = json.loads(response.content)
     assert set(schema["paths"]) == {"/api/collections/", "/api/collections/{id}/"}
     assert set(schema["components"]["securitySchemes"]) == {"bearerAuth", "staffSessionAuth"}
+
+
+def test_every_problem_with_the_meters_is_in_the_description(
+    api: Client, nothing_happens: None
+) -> None:
+    body = assert_error(
+        post(api, {"meters": ["100001", "100001", "bad meter"]}), 400, "invalid_param"
+    )
+    assert body["field"] == "meters"
+    assert body["error_description"] == (
+        "meters lists 100001 more than once (the 1st and 2nd meters). "
+        "meters: the 3rd meter ('bad meter') is not a meter uid: at most 64 characters, "
+        "no spaces or control characters."
+    )

@@ -95,7 +95,7 @@ def test_request_collection_prints_the_api_shape(django_capture_on_commit_callba
     ("args", "field"),
     [
         (["m-1", "m-1"], "meters"),
-        (["m 1"], "meters[1]"),
+        (["m 1"], "1st meter"),
         (["m-1", "--duration", "40"], "collection_duration"),
         (["m-1", "--duration", "0"], "collection_duration"),
         (["m-1", "--duration", "x"], "--duration"),

@@ -105,6 +105,64 @@ def test_sync_command_prints_counts(sandbox: Any) -> None:
 
 
 @pytest.mark.django_db
+def test_sync_command_prints_a_line_per_page_off_a_terminal(sandbox: Any) -> None:
+    sandbox.state.meter_count = 2500
+    out = StringIO()
+    call_command("sync_meters", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert lines[:3] == [
+        "Syncing meters: page 1, 1,000 meter(s) read",
+        "Syncing meters: page 2, 2,000 meter(s) read",
+        "Syncing meters: page 3, 2,500 meter(s) read",
+    ]
+    assert lines[3].startswith("Synced 2500 meter(s) in 3 page(s)")
+
+
+class Terminal(StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.django_db
+def test_sync_command_rewrites_one_progress_line_on_a_terminal(sandbox: Any) -> None:
+    sandbox.state.meter_count = 2500
+    out = Terminal()
+    call_command("sync_meters", stdout=out)
+    progress, result = out.getvalue().split("\n")[:2]
+    assert progress.split("\r\x1b[K")[1:] == [
+        "Syncing meters: page 1, 1,000 meter(s) read",
+        "Syncing meters: page 2, 2,000 meter(s) read",
+        "Syncing meters: page 3, 2,500 meter(s) read",
+    ]
+    assert "Synced 2500 meter(s) in 3 page(s)" in result
+
+
+@pytest.mark.django_db
+def test_an_empty_registry_is_synced_once_at_start(redis_db: Any) -> None:
+    from collections_app import sync_jobs
+
+    first = sync_jobs.queue_sync_if_empty()
+    assert first is not None and sync_jobs.running() == first
+    assert sync_jobs.queue_sync() == first  # a second click follows the sync in flight
+    assert redis_db.llen("celery") == 1
+    sync_jobs.finished(first)
+    make_meters(1)
+    assert sync_jobs.queue_sync_if_empty() is None and sync_jobs.running() is None
+
+
+@pytest.mark.django_db
+def test_every_entry_point_updates_the_last_request(redis_db: Any) -> None:
+    from collections_app import services
+
+    make_meters(3)
+    old = services.request_collection(["m-00000", "m-00001"], source="api")
+    new = services.request_collection(["m-00001"], source="cli")
+    (bulk,) = services.request_collections([["m-00002"]])
+    last = dict(Meter.objects.values_list("uid", "last_request"))
+    assert last == {"m-00000": old.pk, "m-00001": new.pk, "m-00002": bulk.pk}
+
+
+@pytest.mark.django_db
 def test_sync_command_fails_clearly(sandbox: Any) -> None:
     sandbox.state.token = "another-token"
     with pytest.raises(CommandError, match="Meter sync failed: HTTP 401, invalid_token"):
@@ -332,7 +390,9 @@ def staff(django_user_model: Any, name: str, *codenames: str) -> Client:
 
 @pytest.fixture
 def operator(django_user_model: Any) -> Client:
-    return staff(django_user_model, "op", "view_meter", "trigger_collection")
+    return staff(
+        django_user_model, "op", "view_meter", "add_collectionrequest", "trigger_collection"
+    )
 
 
 @pytest.fixture
@@ -374,6 +434,7 @@ def press(browser: Client, page: Any, button: str, duration: str = "", url: str 
     the URL it came from, so the changelist's filters still apply."""
     data: dict[str, Any] = hidden_inputs(page.content.decode())
     data.update({button: "x", "collection_duration": duration})
+    data["typed_count"] = data.get("expected", "")  # typed, as asked above the threshold
     return browser.post(url, data)
 
 

@@ -43,7 +43,7 @@ def test_operator_triggers_selected_meters(
     make_meters(3)
     make_meters(1, "rv", authorization_revoked=True)
     user = django_user_model.objects.create_user("op", password="pw", is_staff=True)
-    codenames = ["view_meter", "trigger_collection"]
+    codenames = ["view_meter", "add_collectionrequest", "trigger_collection"]
     user.user_permissions.set(Permission.objects.filter(codename__in=codenames))
 
     page.goto(f"{live_server.url}/admin/login/?next=/admin/collections_app/meter/")

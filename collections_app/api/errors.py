@@ -43,14 +43,13 @@ class ApiError(exceptions.APIException):
 
     @classmethod
     def from_validation(cls, err: DjangoValidationError) -> ApiError:
-        """400 from the shared validation rules: the first field's first message, typed
+        """400 from the shared validation rules: every message of the first field, typed
         `required_param_missing` or else `invalid_param`."""
         by_field = err.error_dict if hasattr(err, "error_dict") else {"": err.error_list}
         field, errors = next(iter(by_field.items()))
-        first = errors[0]
-        message = first.message % first.params if first.params else first.message
-        error = first.code if first.code in VALIDATION_TYPES else "invalid_param"
-        return cls(400, error, str(message), field=field)
+        messages = [str(e.message % e.params if e.params else e.message) for e in errors]
+        error = errors[0].code if errors[0].code in VALIDATION_TYPES else "invalid_param"
+        return cls(400, error, " ".join(messages), field=field)
 
 
 class RequestTooLarge(ApiError):

@@ -68,8 +68,8 @@ def trigger(
     shown_at: datetime,
 ) -> list[CollectionRequest]:
     """Create collection requests for the selection's collectable meters, bundled
-    COLLECTIONS_MAX_METERS_PER_REQUEST a request, and point each meter's last_request at its
-    request. The requests are sent once the transaction commits.
+    COLLECTIONS_MAX_METERS_PER_REQUEST a request (storing them points each meter's
+    last_request at its request). The requests are sent once the transaction commits.
 
     The meter rows stay locked until then, and the trigger is refused (TriggerConflict) when
     the collectable count is no longer `expected` or a meter was triggered after `shown_at`
@@ -81,11 +81,9 @@ def trigger(
         _check_unchanged(meters, uids, expected, shown_at)
         size = max_meters_per_request()
         groups = [uids[i : i + size] for i in range(0, len(uids), size)]
-        created = request_collections(
+        return request_collections(
             groups, collection_duration, source=Source.REGISTRY, requested_by=requested_by
         )
-        _link_last_requests(groups, created)
-    return created
 
 
 def _check_unchanged(
@@ -105,7 +103,3 @@ def _check_unchanged(
             "submit, or another operator). Nothing was created."
         )
 
-
-def _link_last_requests(groups: Sequence[list[str]], created: Sequence[CollectionRequest]) -> None:
-    for group, request in zip(groups, created, strict=True):
-        Meter.objects.filter(uid__in=group).update(last_request=request)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -77,8 +77,12 @@ class SyncPaused(TransientError):
     """The fleet's gate forbids calls to UtilityAPI for longer than a sync waits."""
 
 
-def sync_meters(client: UtilityAPIClient | None = None) -> SyncResult:
-    """Read every page of GET /meters and upsert one Meter row per vendor meter.
+def sync_meters(
+    client: UtilityAPIClient | None = None,
+    on_page: Callable[[SyncResult], None] | None = None,
+) -> SyncResult:
+    """Read every page of GET /meters and upsert one Meter row per vendor meter; after each
+    page, `on_page` (if given) gets the counts so far (progress for the CLI and the admin).
 
     Each page is written in its own short transaction after its HTTP call has returned, so
     no transaction is ever open across HTTP. On an error (a UtilityAPIError, raised after
@@ -94,6 +98,8 @@ def sync_meters(client: UtilityAPIClient | None = None) -> SyncResult:
         body = _fetch_page(client, url)
         _upsert_page(body["meters"], result)
         result.pages += 1
+        if on_page is not None:
+            on_page(result)
         url = client.next_page(body, visited, ENDPOINT)
     log.info("meter sync: %s", result)
     return result

@@ -13,7 +13,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from ..models import CollectionRequest, Source, Status
+from ..models import CollectionRequest, Meter, Source, Status
 from ..validation import clean_duration, clean_idempotency_key, clean_meters, invalid
 from .transitions import transition
 
@@ -61,6 +61,7 @@ def request_collection(
         existing = _find_idempotent(requested_by, idempotency_key, fields)  # lost a race
         assert existing is not None
         return existing
+    _mark_last_request(row)
     return row
 
 
@@ -87,7 +88,14 @@ def request_collections(
             )
             for group in groups
         )
+        for request in created:
+            _mark_last_request(request)
     return created
+
+
+def _mark_last_request(request: CollectionRequest) -> None:
+    """Point the registry's meters at their newest request, whichever entry point stored it."""
+    Meter.objects.filter(uid__in=request.meters).update(last_request=request)
 
 
 def _find_idempotent(user: Any, key: str, fields: dict[str, Any]) -> CollectionRequest | None:

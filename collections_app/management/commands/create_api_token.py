@@ -3,10 +3,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from collections_app.models import TRIGGER_PERMISSION
 from collections_app.services import tokens
-
-NEEDED = ("collections_app.add_collectionrequest", TRIGGER_PERMISSION)
+from collections_app.permissions import TRIGGER_PERMISSIONS
 
 
 class Command(BaseCommand):
@@ -24,7 +22,7 @@ class Command(BaseCommand):
         if len(options["name"]) > 100:
             raise CommandError("--name is longer than 100 characters.", returncode=2)
         token, raw = tokens.issue(user, options["name"])
-        missing = [p for p in NEEDED if not user.has_perm(p)]
+        missing = [p for p in TRIGGER_PERMISSIONS if not user.has_perm(p)]
         if missing:
             self.stderr.write(
                 f"Note: {user} cannot trigger collections through the API until given "
