@@ -35,12 +35,15 @@ def deliver_due(task_id: str = "", first: Any = None, budget: float = DRAIN_SECO
     get_client()  # a configuration error surfaces before anything is claimed
     done: list[str] = []
     deadline = time.monotonic() + budget
-    while batch := leases.claim(first, task_id):
-        first = None
-        done.append(send(batch, task_id))  # during a pause, the gate refuses and send defers
-        if time.monotonic() > deadline:
-            broker.publish(1)  # hand what is left to a fresh task
-            break
+    try:
+        while batch := leases.claim(first, task_id):
+            first = None
+            done.append(send(batch, task_id))  # during a pause the gate refuses, send defers
+            if time.monotonic() > deadline:
+                broker.publish(1)  # hand what is left to a fresh task
+                break
+    except gate.Held as held:  # the gate cannot be asked: stop; the sweep finds the rest
+        done.append(f"stopped, {held}")
     return "; ".join(done)
 
 
@@ -51,6 +54,8 @@ def send(batch: Sequence[CollectionRequest], task_id: str) -> str:
         outcome: Accepted | UtilityAPIError = gate.call(ENDPOINT, lambda: _post(batch, call))
     except gate.Held as held:
         outcomes.defer(batch, held.wait)
+        if held.unavailable:
+            raise
         return f"deferred: {held}"
     except UtilityAPIError as err:
         outcome = err

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import redis
 from django.conf import settings
 
 from ..exceptions import AccountError, Throttled
@@ -17,13 +18,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class Held(Exception):
-    """The gate holds this call back for `wait` seconds (a pause, or no slot soon enough)."""
+UNAVAILABLE_WAIT_SECONDS = 5.0  # without Redis no slot can be had: ask again after this
 
-    def __init__(self, wait: float, paused: bool) -> None:
-        super().__init__(f"held {wait:.2f}s ({'paused' if paused else 'rate limit'})")
+
+class Held(Exception):
+    """The gate holds this call back for `wait` seconds: a pause, no slot soon enough, or
+    (`unavailable`) Redis, which keeps the gate, not answering."""
+
+    def __init__(self, wait: float, paused: bool, unavailable: bool = False) -> None:
+        why = "gate unavailable" if unavailable else "paused" if paused else "rate limit"
+        super().__init__(f"held {wait:.2f}s ({why})")
         self.wait = wait
         self.paused = paused
+        self.unavailable = unavailable
 
 
 def call(endpoint: str, send: Callable[[], T], max_wait: float | None = None) -> T:
@@ -34,11 +41,15 @@ def call(endpoint: str, send: Callable[[], T], max_wait: float | None = None) ->
 
     if max_wait is None:
         max_wait = settings.COLLECTIONS_SLOT_MAX_WAIT_SECONDS
-    slot = limiter.reserve(max_wait=max_wait)
-    if not slot.granted:
-        raise Held(slot.wait, slot.paused)
-    time.sleep(slot.wait)
-    paused = limiter.wait_before_send(endpoint)  # a 429 may have come in while we slept
+    try:
+        slot = limiter.reserve(max_wait=max_wait)
+        if not slot.granted:
+            raise Held(slot.wait, slot.paused)
+        time.sleep(slot.wait)
+        paused = limiter.wait_before_send(endpoint)  # a 429 may have come in while we slept
+    except redis.RedisError as err:
+        log.warning("gate unavailable (%s): no call to UtilityAPI", type(err).__name__)
+        raise Held(UNAVAILABLE_WAIT_SECONDS, False, unavailable=True) from err
     if paused:
         raise Held(paused, True)
     try:
