@@ -72,7 +72,11 @@ def _stored(request: CollectionRequest) -> Event:
 def _attempt(attempt: Any) -> Event:
     """One POST and UtilityAPI's answer to it."""
     took = f" in {attempt.duration_ms} ms" if attempt.duration_ms is not None else ""
-    shared = f" (one POST for {attempt.requests_in_call} requests)" if attempt.requests_in_call > 1 else ""
+    shared = (
+        f" (one POST for {attempt.requests_in_call} requests)"
+        if attempt.requests_in_call > 1
+        else ""
+    )
     why = f"{attempt.error}: {attempt.error_description}" if attempt.error else ""
     code = attempt.status_code
     if code is None:

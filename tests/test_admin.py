@@ -138,7 +138,7 @@ def test_api_tokens_are_revoked_from_the_admin(admin_client: Any, django_user_mo
 
 def test_retry_needs_add_besides_trigger(client: Any, operator: Any, redis_db: Any) -> None:
     (failed,) = claimed(["m-1"])
-    services.record_outcome([failed], PermanentError("http_500", "boom", status_code=500), call())
+    outcomes.record_outcome([failed], PermanentError("http_500", "boom", status_code=500), call())
     operator.user_permissions.remove(Permission.objects.get(codename="add_collectionrequest"))
     assert 'value="retry_failed"' not in client.get(LIST).content.decode()
     client.post(LIST, {"action": "retry_failed", "_selected_action": [failed.pk]})
@@ -170,7 +170,7 @@ def test_api_token_page_is_read_only(admin_client: Any, django_user_model: Any) 
 
 def test_a_failed_request_page_offers_retry(client: Any, operator: Any, redis_db: Any) -> None:
     (failed,) = claimed(["m-1"])
-    services.record_outcome([failed], PermanentError("http_500", "boom", status_code=500), call())
+    outcomes.record_outcome([failed], PermanentError("http_500", "boom", status_code=500), call())
     url = reverse("admin:collections_app_collectionrequest_change", args=[failed.pk])
     html = client.get(url).content.decode()
     assert 'value="Retry this request"' in html and "http_500" in html

@@ -27,8 +27,8 @@ from django.db import connection, connections
 from playwright.sync_api import expect, sync_playwright
 
 from collections_app import services
-from collections_app.services import tokens
 from collections_app.models import CollectionRequest, Meter, Status
+from collections_app.services import tokens
 
 from .conftest import ROOT, wait_until
 from .test_browser import CHROMIUM, CHROMIUM_ARGS

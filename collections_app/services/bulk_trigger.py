@@ -102,4 +102,3 @@ def _check_unchanged(
             f"{recent} of these meter(s) were triggered after this page was shown (a second "
             "submit, or another operator). Nothing was created."
         )
-

@@ -3,8 +3,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from collections_app.services import tokens
 from collections_app.permissions import TRIGGER_PERMISSIONS
+from collections_app.services import tokens
 
 
 class Command(BaseCommand):
