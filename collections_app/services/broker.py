@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 ANNOUNCE_ROWS = 30_000  # due rows one relay round marks at most
 MAX_MESSAGES = 64  # messages one round publishes at most: each task drains until no row is due
 CHUNK = 5_000  # ids per UPDATE … WHERE id IN (…)
+DELIVER_TASK = "collections_app.tasks.deliver"  # by name: services never import the tasks
 # When the sweep last ran, for the dashboard: beat schedules it and a worker runs it, so a
 # recent run says both are alive (django_celery_beat writes last_run_at back too seldom).
 SWEEP_KEY = "collections:ops:sweep_last_run"
@@ -85,15 +86,13 @@ def seconds_until_next_due(now: datetime) -> float | None:
 def publish(count: int) -> int:
     """Publish `count` "deliver due work" messages; returns how many went out. A broker
     error is logged, never raised: the rows stay due and are announced again."""
-    from project.celery import app
-
-    from ..tasks import deliver
+    from celery import current_app
 
     sent = 0
     try:
-        with app.producer_or_acquire() as producer:
+        with current_app.producer_or_acquire() as producer:
             for _ in range(count):
-                deliver.apply_async(producer=producer)
+                current_app.send_task(DELIVER_TASK, producer=producer)
                 sent += 1
     except Exception as err:  # kombu/redis errors vary by transport
         log.warning("broker unavailable (%s): due work waits for it", type(err).__name__)
