@@ -5,6 +5,7 @@ with the clock ticked by hand where an order must be exact."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import threading
@@ -21,7 +22,7 @@ from sandbox import loop
 from sandbox.clock import Clock
 from sandbox.state import SandboxState
 
-from .conftest import wait_until
+from .conftest import ROOT, wait_until
 
 AUTH = {"Authorization": "Bearer sandbox-token"}
 SECRET = "whsec-test"
@@ -352,3 +353,15 @@ def test_the_command_refuses_bad_flags() -> None:
         call_command("utilityapi_sandbox", "--webhook-drop", "1.5")
     with pytest.raises(CommandError, match="rate must be at least 0"):
         call_command("utilityapi_sandbox", "--rate", "-2")
+
+
+def test_the_product_never_imports_the_sandbox() -> None:
+    importers = []
+    for path in (ROOT / "collections_app").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            if any(n == "sandbox" or n.startswith("sandbox.") for n in names):
+                importers.append(str(path.relative_to(ROOT)))
+    assert importers == []
