@@ -27,10 +27,12 @@ from benchlib.run import RATE, Bench, Pool  # noqa: E402
 
 FULL = {"rate": 1000, "overhead": 1500, "storm": 1000, "bulk": 10000, "burst": 3000,
         "backlog": 3000, "creation": 300, "ingest": 2000, "lone": 9, "stream": 500,
-        "scale": 1_000_000, "scale_queue": 30_000, "scale_samples": 7, "frozen_cap_s": 30}  # fmt: skip
+        "scale": 1_000_000, "scale_queue": 30_000, "scale_samples": 7,
+        "frozen_cap_s": 30, "retry_after": 5}  # fmt: skip
 QUICK = {"rate": 30, "overhead": 30, "storm": 20, "bulk": 1000, "burst": 60, "backlog": 60,
          "creation": 20, "ingest": 64, "lone": 2, "stream": 10, "scale": 300,
-         "scale_queue": 50, "scale_samples": 2, "frozen_cap_s": 3}  # fmt: skip
+         "scale_queue": 50, "scale_samples": 2, "frozen_cap_s": 3,
+         "retry_after": 1}  # fmt: skip
 POOLS = "threads:16,threads:4,threads:8x2,prefork:16"
 SCENARIOS = ["creation", "frozen", "rate", "overhead", "storm", "backlog", "coalescing",
              "ingest", "scale"]  # fmt: skip
@@ -80,7 +82,7 @@ def setup_django(target: state.Target) -> None:
 def run_all(bench: Bench, pools: list[Pool], only: list[str]) -> dict[str, Any]:
     """The scenarios in `only`; alternative pools get one run in the rate-limit scenario, every
     run in the overhead one. Each scenario's duration goes to stderr."""
-    runs, out = bench.runs, {"memory": bench.memory, "limit": RATE}
+    runs, out = bench.runs, {"limit": RATE}
 
     def step(name: str, key: str, work: Any) -> None:
         if name in only:
@@ -89,16 +91,23 @@ def run_all(bench: Bench, pools: list[Pool], only: list[str]) -> dict[str, Any]:
             print(f"{key}: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
 
     step("creation", "creation", lambda: ingest.creation(bench, max(runs, 5) if runs > 1 else 1))
-    step("frozen", "frozen", lambda: ingest.frozen_broker(bench))
-    step("rate", "rate", lambda: [scenarios.rate_limited(bench, pool, 1 if pool != pools[0] else runs)
-                                  for pool in pools])  # fmt: skip
+    step(
+        "rate",
+        "rate",
+        lambda: [
+            scenarios.rate_limited(bench, p, 1 + (runs - 1) * (p == pools[0]))
+            for p in reversed(pools)
+        ][::-1],
+    )  # fmt: skip (first pool last:
+    # the throttle storm, which asks for the same settings, goes on with its workers)
+    step("storm", "storm", lambda: scenarios.throttle_storm(bench, runs))
     step("overhead", "overhead", lambda: [scenarios.overhead(bench, pool, runs) for pool in pools])
     step("overhead", "overhead_defaults", lambda: scenarios.overhead(bench, pools[0], runs, True))
-    step("storm", "storm", lambda: scenarios.throttle_storm(bench, runs))
     step("backlog", "backlog", lambda: scenarios.backlog(bench, runs))
     uncoalesced = out["rate"][0]["summary"]["rps"] if "rate" in out else 0.0
     step("coalescing", "coalescing", lambda: scenarios.coalescing(bench, runs, uncoalesced))
     step("ingest", "ingest", lambda: ingest.api_ingest(bench))
+    step("frozen", "frozen", lambda: ingest.frozen_broker(bench))
     step("scale", "scale", lambda: scale.scale(bench))
     return out
 
@@ -112,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker_tree:
         rig.WORKER_ROOT = args.worker_tree.resolve()
     redis_server = RedisServer()
-    target, sandbox = state.make_target(args.database, redis_server.url), None
+    target, sandbox, bench = state.make_target(args.database, redis_server.url), None, None
     try:
         started_db = time.monotonic()
         state.create_database(target)
@@ -123,15 +132,17 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(target, redis_server, sandbox, args.pools[0], args.runs, args.counts)
         results = run_all(bench, args.pools, args.only)
     finally:
+        if bench:
+            bench.stop_worker()
         if sandbox:
             sandbox.stop()
         redis_server.stop()
         if not args.keep_db:
             state.drop_database(target)
-    results |= {"machine": machine, "meta": _meta(args, started)}
-    report.write(results, args.out)
-    if args.json:
+    results |= {"machine": machine, "meta": _meta(args, started), "counts": args.counts}
+    if args.json:  # first, so that --from-json can render it again
         args.json.write_text(json.dumps(results, indent=1, default=str))
+    report.write(results, args.out)
     print(f"wrote {args.out} in {results['meta']['minutes']:.1f} min")
     return 0
 

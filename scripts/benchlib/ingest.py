@@ -39,6 +39,9 @@ def baseline() -> tuple[Any, Any]:
             app_label = "bench"
             db_table = "bench_job"
 
+        def __str__(self) -> str:
+            return f"job {self.pk}"
+
     @app.task(name="bench.look_at_job", ignore_result=True)
     def look_at_job(pk: int) -> None:
         """Never runs: no worker is running while the baseline is measured."""
@@ -65,16 +68,9 @@ def creation(bench: Bench, runs: int) -> dict[str, Any]:
     for r in range(runs):
         bench.reset(idle=False)
         one = {"baseline_ms": _per_call(typical, n, f"b{r}"), "ms": _per_call(ours, n, f"c{r}")}
-        results.append({**one, "ratio": one["ms"] / one["baseline_ms"]})
+        results.append({**one, "ratio": one["ms"] / one["baseline_ms"], "requests": n})
     state.flush_redis(bench.target)  # the messages no worker will read
-    return result(
-        {"worker": "none"},
-        results,
-        requests=n,
-        ms=statistics.median(r["ms"] for r in results),
-        baseline_ms=statistics.median(r["baseline_ms"] for r in results),
-        ratio=statistics.median(r["ratio"] for r in results),
-    )
+    return result({"worker": "none"}, results)
 
 
 def _per_call(call: Any, n: int, prefix: str) -> float:
@@ -91,17 +87,18 @@ def api_ingest(bench: Bench) -> dict[str, Any]:
     n = bench.counts["ingest"]
     bench.sandbox.configure(RATE, LATENCY_MS)
     bench.reset()
-    token = _api_token(bench)
-    with bench.worker({}):
-        web = Web(bench.env({}))
-        try:
-            health = _hammer(web.url, n, lambda s, i: s.get(web.url + "/healthz", timeout=30))
+    web = Web(bench.env({}))  # it starts while the token is made and the worker starts
+    try:
+        token = _api_token(bench)
+        with bench.worker({}):
+            web.wait_ready()
+            health = _hammer(n, lambda s, i: s.get(web.url + "/healthz", timeout=30))
             cpu0 = web.cpu_seconds()
-            post = _hammer(web.url, n, lambda s, i: _post(s, web.url, token, i))
+            post = _hammer(n, lambda s, i: _post(s, web.url, token, i))
             post["cpu_ms_per_request"] = (web.cpu_seconds() - cpu0) * 1000 / n
-        finally:
-            web.stop()
-        left = state.queued_messages(bench.target)
+            left = state.queued_messages(bench.target)
+    finally:
+        web.stop()
     return {
         "settings": {"web": web.command, "clients": CLIENTS, "calls": n, "sandbox": "50/s"},
         "healthz": health,
@@ -118,7 +115,7 @@ def _post(session: requests.Session, url: str, token: str, i: int) -> requests.R
     return session.post(url + API_PATH, json=body, headers=headers, timeout=30)
 
 
-def _hammer(url: str, n: int, call: Any) -> dict[str, Any]:
+def _hammer(n: int, call: Any) -> dict[str, Any]:
     """`n` calls shared by CLIENTS threads, each with its own keep-alive session."""
     lock, latencies, codes = threading.Lock(), list[float](), Counter[int]()
 
@@ -155,8 +152,8 @@ def _api_token(bench: Bench) -> str:
 
 def frozen_broker(bench: Bench) -> dict[str, Any]:
     """Redis SIGSTOPped while request_collection stores a request, with a worker running: how
-    long the call is held (Redis resumes after counts["frozen_cap_s"] at most); after SIGCONT (and the sweep, as beat runs it), how many calls
-    carried the request."""
+    long the call is held (Redis resumes after counts["frozen_cap_s"] at most); after SIGCONT
+    (and the sweep, as beat runs it), how many calls carried the request."""
     from collections_app import services
     from collections_app.models import CollectionRequest
 
@@ -176,8 +173,9 @@ def frozen_broker(bench: Bench) -> dict[str, Any]:
         wait_until(done.is_set, 60, "the call held by the frozen broker")
         returned = time.perf_counter() - start
         rows = CollectionRequest.objects.filter(meters__contains=[meter])
-        wait_until(lambda: _swept_until_sent(services, rows), 60, "the request sent", every=1)
-        time.sleep(1)  # room for a duplicate to show up in the sandbox's log
+        wait_until(lambda: _swept_until_sent(services, rows), 60, "the request sent", every=0.2)
+        time.sleep(0.5)  # room for a duplicate to show up in the sandbox's log
+    bench.stop_worker()  # it lived through the freeze: later scenarios get a fresh one
     calls = [c for c in call_log(bench)["log"] if meter in (c.get("meters") or [])]
     return {
         "blocked_s": blocked,

@@ -207,6 +207,8 @@ class Web(Process):
         env = {**env, "WEB_BIND": f"127.0.0.1:{self.port}", "PATH": _with_venv(env)}
         super().__init__(["bash", "-c", "exec " + self.command], env, "web")
         self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self) -> None:
         wait_until(lambda: self.alive() and _answers(self.url + "/healthz"), 60, "web start")
 
 

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -33,7 +33,8 @@ class Bench:
     pool: Pool
     runs: int
     counts: dict[str, int]
-    memory: dict[str, float] = field(default_factory=dict)  # worker label → largest RSS (MB)
+    fleet: Fleet | None = None
+    fleet_key: tuple[Any, ...] = ()
 
     def env(self, overrides: dict[str, Any]) -> dict[str, str]:
         env = state.base_env(self.target, self.sandbox.url)
@@ -41,23 +42,21 @@ class Bench:
 
     @contextmanager
     def worker(self, overrides: dict[str, Any], pool: Pool | None = None) -> Iterator[Fleet]:
-        """Fresh workers whose settings the driver shares meanwhile."""
+        """Workers with these settings, which the driver shares meanwhile: those of the last
+        scenario when it asked for the same, else fresh ones (a start costs seconds)."""
         from django.test import override_settings
 
-        fleet = Fleet(self.env(overrides), *(pool or self.pool))
-        try:
-            with override_settings(**overrides):
-                yield fleet
-            self.memory[fleet.label] = max(fleet.rss_mb(), self.memory.get(fleet.label, 0.0))
-        finally:
-            fleet.stop()
-
-    @contextmanager
-    def settings(self, overrides: dict[str, Any]) -> Iterator[None]:
-        from django.test import override_settings
-
+        key = (*sorted(overrides.items()), pool or self.pool)
+        if self.fleet is None or self.fleet_key != key:
+            self.stop_worker()
+            self.fleet, self.fleet_key = Fleet(self.env(overrides), *key[-1]), key
         with override_settings(**overrides):
-            yield
+            yield self.fleet
+
+    def stop_worker(self) -> None:
+        if self.fleet:
+            self.fleet.stop()
+        self.fleet = None
 
     def reset(self, idle: bool = True) -> None:
         """Between runs: empty tables, the service's Redis keys and the sandbox's log."""
@@ -159,13 +158,15 @@ def _post_many(url: str, thread: int, count: int) -> Counter[int]:
     return codes
 
 
-def median_of(runs: list[dict[str, Any]], key: str) -> float:
-    return float(statistics.median(run[key] for run in runs))
+WORST = {"status_429", "early_calls", "busiest_second", "calls_in_pause"}  # max, not median
 
 
-def result(settings: dict[str, Any], runs: list[dict[str, Any]], **summary: Any) -> dict:
-    """A scenario's figures: its settings, every run (without the call log), their summary."""
+def result(settings: dict[str, Any], runs: list[dict[str, Any]], **extra: Any) -> dict:
+    """A scenario's figures: its settings, every run (without the call log), and a summary:
+    the median of every number over the runs (the worst for the counts of WORST)."""
     for one in runs:
         one.pop("log", None)
         one.pop("t0", None)
-    return {"settings": settings, "runs": runs, "summary": summary}
+    numbers = [k for k, v in runs[0].items() if isinstance(v, int | float)]
+    summary = {k: (max if k in WORST else statistics.median)(r[k] for r in runs) for k in numbers}
+    return {"settings": settings, "runs": runs, "summary": summary | extra}

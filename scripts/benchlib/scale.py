@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 from . import run, state
-from .rig import Worker
 from .run import LATENCY_MS, RATE, Bench, call_log
 
 ADMIN = "/admin/collections_app/collectionrequest/"
@@ -118,17 +117,15 @@ def _drain_queue(bench: Bench) -> dict[str, Any]:
     from collections_app.models import CollectionRequest
 
     n, since = bench.counts["scale_queue"], timezone.now()
+    bench.stop_worker()
     bench.sandbox.control("reset")
     run.queue(run.one_meter_groups(n, "queued"))
     created = state.queued_messages(bench.target)
-    worker = Worker(bench.env({}), *bench.pool[:2])
-    try:
+    rows = CollectionRequest.objects.filter(created__gte=since)
+    with bench.worker({}):
         start = time.time()
-        rows = CollectionRequest.objects.filter(created__gte=since)
         run.wait_until(lambda: not rows.filter(status="submitted").exists(), 120 + n / 100, "drain")
-        last = rows.aggregate(last=Max("updated"))["last"].timestamp()
-    finally:
-        worker.stop()
+    last = rows.aggregate(last=Max("updated"))["last"].timestamp()
     calls = call_log(bench)
     return {"requests": n, "drain_s": last - start, "rps": n / (last - start),
             "calls": calls["calls"], "status_429": calls["status_429"],

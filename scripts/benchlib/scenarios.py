@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from . import run, state
-from .rig import Worker, label, wait_until
+from .rig import label, wait_until
 from .run import (
     COALESCING_OFF,
     LATENCY_MS,
@@ -19,12 +19,10 @@ from .run import (
     Pool,
     call_log,
     drain,
-    median_of,
     one_meter_groups,
     result,
 )
 
-RETRY_AFTER = 5  # seconds, in the throttle storm's scripted 429
 LIMITED = {"UTILITYAPI_RATE_LIMIT": RATE}
 SANDBOX = f"{RATE}/s, {LATENCY_MS} ms"
 
@@ -38,19 +36,9 @@ def rate_limited(bench: Bench, pool: Pool, runs: int) -> dict[str, Any]:
             bench.reset()
             one = drain(bench, fleet, one_meter_groups(n, f"rate{i}"), timeout=60 + 3 * n / RATE)
             results.append({**one, **call_log(bench), "rate_ratio": one["rps"] / RATE})
-    return result(
-        {"pool": label(*pool), **overrides, "sandbox": SANDBOX},
-        results,
-        requests=n,
-        drain_s=median_of(results, "drain_s"),
-        ideal_s=n / RATE,
-        rps=median_of(results, "rps"),
-        rate_ratio=median_of(results, "rate_ratio"),
-        status_429=max(r["status_429"] for r in results),
-        early_calls=max(r["early_calls"] for r in results),
-        busiest_second=max(r["busiest_second"] for r in results),
-        worker_cpu_ms_per_request=median_of(results, "worker_cpu_ms_per_request"),
-    )
+        rss = fleet.rss_mb()
+    settings = {"pool": label(*pool), **overrides, "sandbox": SANDBOX}
+    return result(settings, results, ideal_s=n / RATE, rss_mb=rss)
 
 
 def overhead(bench: Bench, pool: Pool, runs: int, coalescing: bool = False) -> dict[str, Any]:
@@ -62,6 +50,7 @@ def overhead(bench: Bench, pool: Pool, runs: int, coalescing: bool = False) -> d
         for latency in (50, 0):
             bench.sandbox.configure(0, latency)
             out[f"{latency}ms"] = _overhead_at(bench, fleet, pool[1] * pool[2], runs, latency)
+        out["rss_mb"] = fleet.rss_mb()
     return out
 
 
@@ -74,45 +63,30 @@ def _overhead_at(bench: Bench, fleet: Any, concurrency: int, runs: int, latency:
         one = drain(bench, fleet, one_meter_groups(n, f"o{latency}-{i}"), timeout=120)
         results.append({**one, **call_log(bench), "bare_rps": bare["rps"]})
         results[-1]["ratio"] = one["rps"] / bare["rps"]
-    return result(
-        {"sandbox": f"unlimited, {latency} ms"},
-        results,
-        requests=n,
-        rps=median_of(results, "rps"),
-        bare_rps=median_of(results, "bare_rps"),
-        ratio=median_of(results, "ratio"),
-        worker_cpu_ms_per_request=median_of(results, "worker_cpu_ms_per_request"),
-    )
+    return result({"sandbox": f"unlimited, {latency} ms"}, results)
 
 
 def throttle_storm(bench: Bench, runs: int) -> dict[str, Any]:
     """A burst whose first call is answered 429 + Retry-After 5, coalescing off."""
     n, overrides, results = bench.counts["storm"], {**COALESCING_OFF, **LIMITED}, []
     bench.sandbox.configure(RATE, LATENCY_MS)
-    throttle = {"status": 429, "headers": {"Retry-After": str(RETRY_AFTER)}}
+    retry_after = bench.counts["retry_after"]
+    throttle = {"status": 429, "headers": {"Retry-After": str(retry_after)}}
     with bench.worker(overrides) as fleet:
         for i in range(runs):
             bench.reset()
             bench.sandbox.control("script", {"responses": [throttle]})
             one = drain(bench, fleet, one_meter_groups(n, f"storm{i}"), timeout=120 + n / RATE)
-            results.append(_storm_figures({**one, **call_log(bench)}))
-    return result(
-        {"pool": label(*bench.pool), **overrides, "sandbox": SANDBOX},
-        results,
-        requests=n,
-        calls_in_pause=max(r["calls_in_pause"] for r in results),
-        early_calls=max(r["early_calls"] for r in results),
-        status_429=max(r["status_429"] for r in results),
-        drain_after_429_s=median_of(results, "drain_after_429_s"),
-        ideal_after_429_s=RETRY_AFTER + n / RATE,
-    )
+            results.append(_storm_figures({**one, **call_log(bench)}, retry_after, n))
+    return result({"pool": label(*bench.pool), **overrides, "sandbox": SANDBOX}, results)
 
 
-def _storm_figures(one: dict[str, Any]) -> dict[str, Any]:
+def _storm_figures(one: dict[str, Any], retry_after: int, n: int) -> dict[str, Any]:
+    ideal_s = retry_after + n / RATE
     answered = next(c for c in one["log"] if c.get("status") == 429)["answered"]
-    one["calls_in_pause"] = sum(answered <= c["at"] < answered + RETRY_AFTER for c in one["log"])
+    one["calls_in_pause"] = sum(answered <= c["at"] < answered + retry_after for c in one["log"])
     one["drain_after_429_s"] = one["drain_s"] - (answered - one["t0"])
-    return one
+    return one | {"ideal_after_429_s": ideal_s, "vs_ideal": one["drain_after_429_s"] / ideal_s}
 
 
 def backlog(bench: Bench, runs: int) -> dict[str, Any]:
@@ -120,47 +94,45 @@ def backlog(bench: Bench, runs: int) -> dict[str, Any]:
     defaults: coalescing on). Timed from the moment the worker is ready."""
     n, results = bench.counts["backlog"], []
     bench.sandbox.configure(RATE, LATENCY_MS)
-    with bench.settings(LIMITED):
-        for i in range(runs):
-            bench.reset()
-            run.queue(one_meter_groups(n, f"backlog{i}"))
-            created = state.queued_messages(bench.target)
-            worker = Worker(bench.env(LIMITED), *bench.pool[:2])
-            try:
-                start = time.time()
-                one = run.wait_drained(bench, start, n, timeout=60 + 3 * n / RATE)
-            finally:
-                worker.stop()
-            results.append({**one, **call_log(bench), "messages_created": created})
-    return result(
-        {"pool": label(*bench.pool[:2]), **LIMITED, "sandbox": SANDBOX},
-        results,
-        requests=n,
-        drain_s=median_of(results, "drain_s"),
-        rps=median_of(results, "rps"),
-        calls=median_of(results, "calls"),
-        status_429=max(r["status_429"] for r in results),
-        messages_created=median_of(results, "messages_created"),
-        messages_left=median_of(results, "messages_left"),
-        idle_s=median_of(results, "idle_s"),
-    )
+    for i in range(runs):
+        bench.stop_worker()
+        bench.reset()
+        run.queue(one_meter_groups(n, f"backlog{i}"))
+        created = state.queued_messages(bench.target)
+        with bench.worker({}):
+            one = run.wait_drained(bench, time.time(), n, timeout=60 + 3 * n / RATE)
+        results.append({**one, **call_log(bench), "messages_created": created})
+        results[-1]["limit_ratio"] = one["rps"] / RATE
+    return result({"pool": label(*bench.pool), **_defaults(), "sandbox": SANDBOX}, results)
+
+
+def _defaults() -> dict[str, Any]:
+    from django.conf import settings
+
+    names = [
+        "UTILITYAPI_RATE_LIMIT",
+        "COLLECTIONS_BATCH_MAX_METERS",
+        "COLLECTIONS_COALESCE_WINDOW_MS",
+    ]
+    return {name: getattr(settings, name) for name in names}
 
 
 def coalescing(bench: Bench, runs: int, uncoalesced_rps: float) -> dict:
     """The defaults (coalescing on): a burst, the bulk trigger, a lone request's wait, and
     requests created one by one."""
-    from django.conf import settings
-
     bench.sandbox.configure(RATE, LATENCY_MS)
-    with bench.worker(LIMITED) as fleet:
+    with bench.worker({}) as fleet:
         burst = _burst(bench, fleet, runs, uncoalesced_rps)
         bulk = _bulk_trigger(bench, fleet, runs)
         lone = _per_window(lambda: statistics.median(_lone(i) for i in range(bench.counts["lone"])))
         stream = _per_window(lambda: _stream(bench, bench.counts["stream"]))
-    names = ["COLLECTIONS_BATCH_MAX_METERS", "COLLECTIONS_COALESCE_WINDOW_MS"]
-    settings_ = {"pool": label(*bench.pool), **LIMITED}
-    settings_ |= {name: getattr(settings, name) for name in names}
-    return {"settings": settings_, "burst": burst, "bulk": bulk, "lone": lone, "stream": stream}
+    return {
+        "settings": {"pool": label(*bench.pool), **_defaults()},
+        "burst": burst,
+        "bulk": bulk,
+        "lone": lone,
+        "stream": stream,
+    }
 
 
 def _burst(bench: Bench, fleet: Any, runs: int, uncoalesced_rps: float) -> dict[str, Any]:
@@ -169,18 +141,11 @@ def _burst(bench: Bench, fleet: Any, runs: int, uncoalesced_rps: float) -> dict[
         bench.reset()
         one = drain(bench, fleet, one_meter_groups(n, f"co{i}"), timeout=300)
         results.append({**one, **call_log(bench)})
-    rps = median_of(results, "rps")
-    return result(
-        {"sandbox": SANDBOX},
-        results,
-        requests=n,
-        calls=median_of(results, "calls"),
-        drain_s=median_of(results, "drain_s"),
-        idle_s=median_of(results, "idle_s"),
-        rps=rps,
-        vs_uncoalesced=rps / uncoalesced_rps if uncoalesced_rps else None,
-        worker_cpu_ms_per_request=median_of(results, "worker_cpu_ms_per_request"),
+    out = result({"sandbox": SANDBOX}, results)
+    out["summary"]["vs_uncoalesced"] = (
+        out["summary"]["rps"] / uncoalesced_rps if uncoalesced_rps else None
     )
+    return out
 
 
 def _bulk_trigger(bench: Bench, fleet: Any, runs: int) -> dict[str, Any]:
@@ -193,14 +158,7 @@ def _bulk_trigger(bench: Bench, fleet: Any, runs: int) -> dict[str, Any]:
     for _ in range(runs):
         bench.reset()
         results.append({**drain(bench, fleet, groups, timeout=300), **call_log(bench)})
-    return result(
-        {"group_size": size},
-        results,
-        meters=n,
-        requests=len(groups),
-        calls=median_of(results, "calls"),
-        drain_s=median_of(results, "drain_s"),
-    )
+    return result({"group_size": size}, results)
 
 
 def _per_window(measure: Any) -> dict[str, Any]:
