@@ -58,6 +58,7 @@ def creation(bench: Bench, runs: int) -> dict[str, Any]:
 
     job, task = baseline()
     n, results = bench.counts["creation"], []
+    bench.stop_worker()
 
     def typical(i: int, prefix: str) -> None:
         task.delay(job.objects.create(meters=[f"{prefix}-{i}"]).pk)
