@@ -82,7 +82,7 @@ def setup_django(target: state.Target) -> None:
 def run_all(bench: Bench, pools: list[Pool], only: list[str]) -> dict[str, Any]:
     """The scenarios in `only`; alternative pools get one run in the rate-limit scenario, every
     run in the overhead one. Each scenario's duration goes to stderr."""
-    runs, out = bench.runs, {"limit": RATE}
+    runs, out = bench.runs, dict[str, Any](limit=RATE)
 
     def step(name: str, key: str, work: Any) -> None:
         if name in only:
@@ -91,15 +91,13 @@ def run_all(bench: Bench, pools: list[Pool], only: list[str]) -> dict[str, Any]:
             print(f"{key}: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
 
     step("creation", "creation", lambda: ingest.creation(bench, max(runs, 5) if runs > 1 else 1))
-    step(
-        "rate",
-        "rate",
-        lambda: [
-            scenarios.rate_limited(bench, p, 1 + (runs - 1) * (p == pools[0]))
-            for p in reversed(pools)
-        ][::-1],
-    )  # fmt: skip (first pool last:
-    # the throttle storm, which asks for the same settings, goes on with its workers)
+
+    def rates() -> list[dict[str, Any]]:
+        """The first pool last, so that the throttle storm (same settings) keeps its workers."""
+        others = [scenarios.rate_limited(bench, pool, 1) for pool in pools[1:]]
+        return [scenarios.rate_limited(bench, pools[0], runs), *others]
+
+    step("rate", "rate", rates)
     step("storm", "storm", lambda: scenarios.throttle_storm(bench, runs))
     step("overhead", "overhead", lambda: [scenarios.overhead(bench, pool, runs) for pool in pools])
     step("overhead", "overhead_defaults", lambda: scenarios.overhead(bench, pools[0], runs, True))

@@ -83,9 +83,8 @@ def answers(by_status: dict[Any, int]) -> str:
 
 def render(results: dict[str, Any]) -> str:
     engine = template.Engine(autoescape=False, builtins=["benchlib.report"])
-    text = engine.from_string(TEMPLATE.read_text()).render(
-        template.Context(results, autoescape=False)
-    )
+    context = template.Context(results, autoescape=False)
+    text = str(engine.from_string(TEMPLATE.read_text()).render(context))
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")
     return text.strip() + "\n"

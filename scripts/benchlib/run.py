@@ -46,10 +46,11 @@ class Bench:
         scenario when it asked for the same, else fresh ones (a start costs seconds)."""
         from django.test import override_settings
 
-        key = (*sorted(overrides.items()), pool or self.pool)
+        pool = pool or self.pool
+        key = (*sorted(overrides.items()), pool)
         if self.fleet is None or self.fleet_key != key:
             self.stop_worker()
-            self.fleet, self.fleet_key = Fleet(self.env(overrides), *key[-1]), key
+            self.fleet, self.fleet_key = Fleet(self.env(overrides), *pool), key
         with override_settings(**overrides):
             yield self.fleet
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from . import run, state
@@ -27,9 +28,7 @@ def scale(bench: Bench) -> dict[str, Any]:
     build_s = time.perf_counter() - started
     client, samples = _staff_client(), bench.counts["scale_samples"]
     with bench.worker({}):
-        timed = {
-            page: _timed(lambda u=url: client.get(u), samples) for page, url in _urls().items()
-        }
+        timed = {page: _timed(partial(client.get, url), samples) for page, url in _urls().items()}
         timed["one sweep"] = _timed(_sweep, samples)
         state.wait_idle(bench.target)
     return {"requests": n, "attempts": n * attempts_each, "build_s": build_s, "samples": samples,
