@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -85,9 +86,15 @@ def run_all(bench: Bench, pools: list[Pool], only: list[str]) -> dict[str, Any]:
     runs, out = bench.runs, dict[str, Any](limit=RATE)
 
     def step(name: str, key: str, work: Any) -> None:
+        """Run one scenario; one that fails is reported as such and the others still run."""
         if name in only:
             started = time.monotonic()
-            out[key] = work()
+            try:
+                out[key] = work()
+            except Exception as err:  # whatever it was, the report says it
+                out.setdefault("errors", {})[key] = f"{type(err).__name__}: {err}"
+                bench.stop_worker()
+                traceback.print_exc()
             print(f"{key}: {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
 
     step("creation", "creation", lambda: ingest.creation(bench, max(runs, 5) if runs > 1 else 1))

@@ -21,7 +21,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[2]
 WORKER_ROOT = ROOT  # the checkout the workers run (bench.py --worker-tree: compare another)
 PY = sys.executable
-TOKEN = "bench-sandbox-token"  # noqa: S105 (the sandbox's own, loopback-only token)
+TOKEN = "sandbox-token"  # noqa: S105 (the sandbox's default token, as `make run` uses it)
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
@@ -129,8 +129,8 @@ class Sandbox(Process):
 
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
-        cmd = [PY, "manage.py", "utilityapi_sandbox", "--port", str(self.port), "--token", TOKEN,
-               "--rate", "0", "--latency-ms", "0"]  # fmt: skip
+        cmd = [PY, "manage.py", "utilityapi_sandbox", "--port", str(self.port), "--rate", "0",
+               "--latency-ms", "0"]  # fmt: skip
         super().__init__(cmd, env, "sandbox")
         self.url = f"http://127.0.0.1:{self.port}/api/v2"
         self.http = requests.Session()

@@ -123,7 +123,7 @@ def _drain_queue(bench: Bench) -> dict[str, Any]:
     rows = CollectionRequest.objects.filter(created__gte=since)
     with bench.worker({}):
         start = time.time()
-        run.wait_until(lambda: not rows.filter(status="submitted").exists(), 120 + n / 100, "drain")
+        run.wait_until(lambda: not rows.filter(status="submitted").exists(), 120 + n / 50, "drain")
     last = rows.aggregate(last=Max("updated"))["last"].timestamp()
     calls = call_log(bench)
     return {"requests": n, "drain_s": last - start, "rps": n / (last - start),
