@@ -50,8 +50,9 @@ lint: install-test
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy collections_app project sandbox
 
-bench: install-test redis
-	$(PY) scripts/bench.py $(BENCH_ARGS)
+# The benchmark starts its own redis-server and PostgreSQL database (docs/benchmarks.md).
+bench: install-test
+	$(PY) scripts/bench.py --json docs/benchmarks.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) staticfiles db.sqlite3 .pytest_cache

@@ -1,5 +1,5 @@
-"""docs/benchmarks.md from one benchmark's results: the machine, the settings, the medians,
-the ratios against baselines measured in the same run, and the targets."""
+"""docs/benchmarks.md from one run's results: the template benchmarks.md next to this file,
+rendered with Django's template engine, and the filters it uses; plus the machine's facts."""
 
 from __future__ import annotations
 
@@ -9,25 +9,33 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from . import notes
-from .procs import ROOT
+import psutil
+from django import template
+
+from .rig import ROOT
+
+TEMPLATE = Path(__file__).with_name("benchmarks.md")
+register = template.Library()
 
 
 def machine(versions: dict[str, Any]) -> dict[str, Any]:
     import celery
     import django
 
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)  # noqa: S603
+    dirty = subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True)  # noqa: S603
     return {
         "CPU": _cpu_model(),
         "cores (nproc)": os.cpu_count(),
-        "RAM": f"{_mem_total_gb():.1f} GiB",
-        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "RAM": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
+        "load average at start": " ".join(f"{x:.2f}" for x in psutil.getloadavg()),
         "Python": platform.python_version(),
         "Django": django.get_version(),
         "Celery": celery.__version__,
         "PostgreSQL": versions["postgresql"],
         "Redis": versions["redis"],
-        "commit": _git_head(),
+        "commit": head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout else ""),
     }
 
 
@@ -38,71 +46,48 @@ def _cpu_model() -> str:
     return platform.processor() or "?"
 
 
-def _mem_total_gb() -> float:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) / 1024 / 1024
-    return 0.0
-
-
-def _git_head() -> str:
-    done = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],  # noqa: S607 (read-only)
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain"],  # noqa: S607 (read-only)
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    return (done.stdout.strip() or "?") + (" (with uncommitted changes)" if dirty else "")
-
-
-# --- formatting -----------------------------------------------------------------------------
-
-
-def fmt(value: Any, digits: int = 1) -> str:
-    if value is None:
+@register.filter(name="n")
+def fmt(value: Any) -> str:
+    """A figure: grouped thousands, one decimal below 100."""
+    if value is None or value == "":
         return "–"
     if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+        return f"{value:,.1f}" if abs(value) < 100 else f"{value:,.0f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(cell) for cell in row) + " |" for row in rows]
-    return [*lines, ""]
+@register.filter
+def pct(value: float) -> str:
+    return f"{value:.1%}"
 
 
+@register.filter
+def at_most(value: float, limit: float) -> str:
+    return "yes" if value <= limit else "**no**"
+
+
+@register.filter
+def at_least(value: float, limit: float) -> str:
+    return "yes" if value >= limit else "**no**"
+
+
+@register.filter
 def settings_line(settings: dict[str, Any]) -> str:
     return "Settings: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()) + "."
 
 
-def met(ok: bool | None) -> str:
-    return "–" if ok is None else ("yes" if ok else "**no**")
-
-
-# --- the document ---------------------------------------------------------------------------
+@register.filter
+def answers(by_status: dict[Any, int]) -> str:
+    return ", ".join(f"{count:,} × {status}" for status, count in sorted(by_status.items()))
 
 
 def render(results: dict[str, Any]) -> str:
-    from . import sections
-
-    lines = ["# Benchmarks", "", *notes.INTRO, ""]
-    lines += sections.header(results)
-    lines += sections.summary(results)
-    for section in sections.ALL:
-        lines += section(results)
-    lines += [*notes.HOW_TO_RUN, "", *notes.DECISIONS, "", *notes.CHANGES, ""]
-    return "\n".join(lines).rstrip() + "\n"
+    engine = template.Engine(autoescape=False, builtins=["benchlib.report"])
+    context = template.Context(results, autoescape=False)
+    text = str(engine.from_string(TEMPLATE.read_text()).render(context))
+    while "\n\n\n" in text:
+        text = text.replace("\n\n\n", "\n\n")
+    return text.strip() + "\n"
 
 
 def write(results: dict[str, Any], path: Path) -> None:

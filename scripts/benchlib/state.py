@@ -1,4 +1,4 @@
-"""The benchmark's own state: a dedicated PostgreSQL database, a dedicated Redis db, and the
+"""The benchmark's own state: a dedicated PostgreSQL database, its private Redis, and the
 environment every process (driver, workers, web, sandbox) runs with."""
 
 from __future__ import annotations
@@ -14,15 +14,10 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import redis
 
-from .procs import PY, ROOT, TOKEN
+from .rig import PY, ROOT, TOKEN
 
 NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-TABLES = [
-    "collections_app_attempt",
-    "collections_app_collectionrequest",
-    "django_celery_results_taskresult",
-]
-GATE_PATTERN = "collections:uapi:*"
+BROKER_KEYS = ("_kombu", "celery", "unacked")  # what flush_app_keys keeps while workers run
 
 
 @dataclass(frozen=True)
@@ -35,8 +30,7 @@ class Target:
 
     @property
     def database_url(self) -> str:
-        parts = urlsplit(self.server_url)
-        return urlunsplit(parts._replace(path="/" + self.database))
+        return urlunsplit(urlsplit(self.server_url)._replace(path="/" + self.database))
 
 
 def default_server_url() -> str:
@@ -47,21 +41,20 @@ def default_server_url() -> str:
     return urlunsplit(urlsplit(url)._replace(path="/postgres"))
 
 
-def make_target(database: str, redis_db: int, server_url: str | None = None) -> Target:
+def make_target(database: str, redis_url: str) -> Target:
     if not NAME_RE.match(database):
         raise SystemExit(f"--database {database!r}: use lower-case letters, digits and _")
-    broker = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-    redis_url = urlunsplit(urlsplit(broker)._replace(path=f"/{redis_db}"))
-    return Target(server_url or default_server_url(), database, redis_url)
+    return Target(default_server_url(), database, redis_url)
 
 
 def base_env(target: Target, sandbox_url: str = "") -> dict[str, str]:
-    """Production-like settings (DEBUG off) on the benchmark's database and Redis db."""
+    """Production-like settings (DEBUG off) on the benchmark's database and Redis."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COLLECTIONS_", "UTILITYAPI_"))}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     env.update(
         DATABASE_URL=target.database_url,
         CELERY_BROKER_URL=target.redis_url,
+        REDIS_URL=target.redis_url,
         UTILITYAPI_BASE_URL=sandbox_url or "http://127.0.0.1:9/api/v2",
         UTILITYAPI_TOKEN=TOKEN,
         DJANGO_DEBUG="0",
@@ -73,13 +66,21 @@ def base_env(target: Target, sandbox_url: str = "") -> dict[str, str]:
     return env
 
 
+def manage(target: Target, *args: str) -> str:
+    """Run a manage.py command on the benchmark's database; returns its output."""
+    cmd = [PY, "manage.py", *args]
+    done = subprocess.run(  # noqa: S603 (our own interpreter and arguments)
+        cmd, cwd=ROOT, env=base_env(target), check=True, capture_output=True, text=True
+    )
+    return done.stdout
+
+
 def create_database(target: Target) -> None:
-    """Drop and create the benchmark's database, then migrate it (about 10 s)."""
+    """Drop and create the benchmark's database, then migrate it."""
     with psycopg.connect(target.server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{target.database}"')
-    cmd = [PY, "manage.py", "migrate", "--noinput", "--verbosity", "0"]
-    subprocess.run(cmd, cwd=ROOT, env=base_env(target), check=True)  # noqa: S603
+    manage(target, "migrate", "--noinput", "--verbosity", "0")
 
 
 def drop_database(target: Target) -> None:
@@ -93,10 +94,14 @@ def drop_database(target: Target) -> None:
 def truncate() -> None:
     """Empty the collection tables and the task results (between runs)."""
     from django.db import connection
+    from django_celery_results.models import TaskResult
 
+    from collections_app.models import Attempt, CollectionRequest
+
+    tables = [m._meta.db_table for m in (Attempt, CollectionRequest, TaskResult)]
     with connection.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
-        cursor.execute("VACUUM ANALYZE collections_app_collectionrequest")
+        cursor.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+        cursor.execute("ANALYZE")
 
 
 def broker(target: Target) -> redis.Redis:
@@ -104,33 +109,32 @@ def broker(target: Target) -> redis.Redis:
 
 
 def flush_redis(target: Target) -> None:
-    """Empty the benchmark's Redis db: only while none of its workers runs (kombu's queue
-    bindings live there too)."""
+    """Empty Redis: only while no worker runs (kombu's queue bindings live there too)."""
     broker(target).flushdb()
 
 
-def clear_gate(target: Target) -> None:
-    """Forget the rate-limit slot, the pauses and the call log (between runs)."""
+def flush_app_keys(target: Target) -> None:
+    """Forget the service's own keys (rate-limit slots, pauses, call log), keep the broker's."""
     client = broker(target)
-    keys = list(client.scan_iter(GATE_PATTERN))
+    keys = [k for k in client.scan_iter() if not k.decode().startswith(BROKER_KEYS)]
     if keys:
         client.delete(*keys)
 
 
-def queue_idle(target: Target) -> bool:
-    """No message waits in the broker and none is held unacknowledged by a worker."""
+def queued_messages(target: Target) -> int:
+    """Messages waiting in the broker's queues plus those a worker holds unacknowledged."""
     client = broker(target)
-    queued = sum(client.llen(key) for key in client.scan_iter("celery*"))
-    return queued == 0 and client.hlen("unacked") == 0
+    queues = [k for k in client.scan_iter("celery*") if client.type(k) == b"list"]
+    return sum(client.llen(k) for k in queues) + client.hlen("unacked")
 
 
 def wait_idle(target: Target, timeout: float = 120) -> float:
     """Wait until the broker is idle; returns the seconds it took."""
     start = time.monotonic()
-    while not queue_idle(target):
+    while queued_messages(target):
         if time.monotonic() - start > timeout:
             raise TimeoutError(f"broker not idle within {timeout:g}s")
-        time.sleep(0.1)
+        time.sleep(0.05)
     return time.monotonic() - start
 
 
