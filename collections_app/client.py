@@ -26,6 +26,7 @@ from .exceptions import (
     TransientError,
     UtilityAPIError,
 )
+from .ops import vendor_calls
 
 DEFAULT_RETRY_AFTER = 5.0  # a 429 with no usable Retry-After still waits this long
 MAX_RETRY_AFTER = 3600.0  # a Retry-After further out than this is treated as this
@@ -200,6 +201,7 @@ class UtilityAPIClient:
             raise BadResponse("bad_response", f"not a JSON object: {_excerpt(response)!r}")
         return body
 
+    @vendor_calls.observed
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         try:
             response = self.session.request(

@@ -14,6 +14,8 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 from django.utils import timezone
 
+from project import logs
+
 from . import gate, services
 from .client import Accepted, get_client
 from .exceptions import AccountError, PermanentError, Throttled, UtilityAPIError
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 def deliver(request_id: str, task_id: str = "") -> str:
     """Look at one request: send it if it is due and nobody else holds it. Safe to run twice
     for the same request: the claim (a lease on the row) lets only one run POST."""
+    logs.bind(request_id=request_id)  # on every line of the send path (LOG_FORMAT=json)
     get_client()  # a configuration error surfaces before anything is claimed
     row = CollectionRequest.objects.filter(pk=request_id).first()
     if row is None or row.status != Status.SUBMITTED:
@@ -80,14 +83,16 @@ def _post(
     batch: Sequence[CollectionRequest], task_id: str
 ) -> tuple[Accepted | UtilityAPIError, services.Call]:
     meters = list(dict.fromkeys(m for request in batch for m in request.meters))
-    started, clock = timezone.now(), time.monotonic()
+    started, clock, call_id = timezone.now(), time.monotonic(), uuid.uuid4()
+    logs.bind(call_id=call_id, request_ids=",".join(str(r.pk) for r in batch))
     outcome: Accepted | UtilityAPIError
     try:
         outcome = get_client().historical_collection(meters, batch[0].collection_duration)
     except UtilityAPIError as err:
         outcome = err
     elapsed = int((time.monotonic() - clock) * 1000)
-    return outcome, services.Call(uuid.uuid4(), started, elapsed, task_id)
+    log.info("UtilityAPI answered %s in %d ms", _summary(batch, outcome), elapsed)
+    return outcome, services.Call(call_id, started, elapsed, task_id)
 
 
 def _pause_fleet_if_needed(outcome: Accepted | UtilityAPIError) -> None:

@@ -101,7 +101,7 @@ def _redis(url: str) -> redis.Redis:
 
 
 def connection() -> redis.Redis:
-    return _redis(settings.CELERY_BROKER_URL)
+    return _redis(settings.REDIS_URL)
 
 
 @cache
@@ -111,7 +111,7 @@ def _script(url: str, source: str) -> Script:
 
 
 def _run(source: str, keys: list[str], args: Sequence[str | int]) -> Any:
-    return _script(settings.CELERY_BROKER_URL, source)(keys=keys, args=args)
+    return _script(settings.REDIS_URL, source)(keys=keys, args=args)
 
 
 def interval_seconds() -> float:

@@ -5,10 +5,13 @@ DJANGO_ALLOWED_HOSTS, DATABASE_URL and CELERY_BROKER_URL.
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from . import logs, sentry
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -122,7 +125,7 @@ SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = not DEBUG
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
 SECURE_HSTS_SECONDS = 0 if DEBUG else env_int("DJANGO_HSTS_SECONDS", 31_536_000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_PRELOAD = not DEBUG
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 CSRF_TRUSTED_ORIGINS = [
     o.strip() for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
 ]
@@ -160,6 +163,9 @@ METERS_SYNC_INTERVAL_SECONDS = env_int("METERS_SYNC_INTERVAL_SECONDS", 3600, min
 
 # --- Celery (https://docs.celeryq.dev/en/stable/userguide/configuration.html) -----------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+# The fleet's shared state (rate limit, pauses, call counters, heartbeats); set it when the
+# broker is not Redis (RabbitMQ: amqp://…).
+REDIS_URL = os.environ.get("REDIS_URL", CELERY_BROKER_URL)
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True  # task name, args and worker kept with each result row
 CELERY_CACHE_BACKEND = "django-cache"
@@ -185,7 +191,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "interval_max": 1,
 }
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# django_celery_beat's DatabaseScheduler, touching BEAT_HEARTBEAT_FILE on every tick.
+CELERY_BEAT_SCHEDULER = "collections_app.ops.beat_scheduler:HeartbeatScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE = {
     "sweep-collection-requests": {
@@ -221,14 +228,21 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
 }
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"urllib3": {"level": "WARNING"}},
-}
+# --- Logs, errors, liveness (docs/operations.md) ------------------------------------------------
+LOG_LEVEL = logs.choice("LOG_LEVEL", "INFO", logs.LEVELS)
+LOG_FORMAT = logs.choice("LOG_FORMAT", "plain", logs.FORMATS)
+LOGGING = logs.config(LOG_LEVEL, LOG_FORMAT)
+# Unset, nothing is sent anywhere; set, errors and beat's cron check-ins go to Sentry.
+SENTRY_DSN = os.environ.get("SENTRY_DSN", "")
+SENTRY_ENVIRONMENT = os.environ.get("SENTRY_ENVIRONMENT", "production")
+# A worker's bootstep and beat's scheduler touch these files; `manage.py alive` reads them.
+WORKER_HEARTBEAT_FILE = os.environ.get(
+    "WORKER_HEARTBEAT_FILE", os.path.join(tempfile.gettempdir(), "collections-worker.alive")
+)
+BEAT_HEARTBEAT_FILE = os.environ.get(
+    "BEAT_HEARTBEAT_FILE", os.path.join(tempfile.gettempdir(), "collections-beat.alive")
+)
+HEARTBEAT_INTERVAL_SECONDS = env_float("HEARTBEAT_INTERVAL_SECONDS", 10, minimum=0.1)
 
 # A worker holds a claimed row this long past its HTTP timeouts before the sweep frees it.
 COLLECTIONS_LEASE_MARGIN_SECONDS = env_int("COLLECTIONS_LEASE_MARGIN_SECONDS", 30)
@@ -251,3 +265,6 @@ METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 # Bodies larger than this are refused with 413 before they are read.
 COLLECTIONS_API_MAX_BODY_BYTES = env_int("COLLECTIONS_API_MAX_BODY_BYTES", 256 * 1024, minimum=1)
 COLLECTIONS_API_PAGE_SIZE = env_int("COLLECTIONS_API_PAGE_SIZE", 50, minimum=1)
+
+if SENTRY_DSN:
+    sentry.init(SENTRY_DSN, SENTRY_ENVIRONMENT)

@@ -175,7 +175,7 @@ class PrivateRedis:
 
 def use_broker(url: str | None) -> None:
     """Point this process's Celery app at `url`, or back at CELERY_BROKER_URL with None.
-    (The gate follows settings.CELERY_BROKER_URL: its connection is cached per URL.)"""
+    (The gate follows settings.REDIS_URL: its connection is cached per URL.)"""
     from project.celery import app
 
     app.conf.broker_write_url = app.conf.broker_read_url = url
@@ -186,7 +186,7 @@ def use_broker(url: str | None) -> None:
 @pytest.fixture
 def private_redis(settings: Any) -> Iterator[PrivateRedis]:
     server = PrivateRedis()
-    settings.CELERY_BROKER_URL = server.url
+    settings.CELERY_BROKER_URL = settings.REDIS_URL = server.url
     use_broker(server.url)
     yield server
     server.stop()
@@ -228,7 +228,7 @@ def test_redis_outage_loses_no_request(
     pause cannot be stored); a request whose message was queued is lost with Redis' data and
     found again by the sweep; requests created while Redis is down (service, admin, API) are
     stored, answered at once, and sent once it is back."""
-    worker = start_worker(concurrency=2, CELERY_BROKER_URL=private_redis.url)
+    worker = start_worker(concurrency=2, CELERY_BROKER_URL=private_redis.url, REDIS_URL=private_redis.url)
     sandbox.state.latency_ms = 1000
     sandbox.state.script.append({"status": 402, "body": {"error": "payment_required"}})
     durations = iter(range(1, 37))  # one duration each: no coalescing, one POST per request
@@ -311,7 +311,7 @@ def test_redis_hang_delays_creation_but_loses_nothing(
     """Redis frozen (SIGSTOP: a network partition that drops packets looks the same): its port
     still accepts connections, so publishing waits for socket timeouts instead of failing
     fast. Requests are still stored; the caller waits; nothing is lost."""
-    worker = start_worker(concurrency=2, CELERY_BROKER_URL=private_redis.url)
+    worker = start_worker(concurrency=2, CELERY_BROKER_URL=private_redis.url, REDIS_URL=private_redis.url)
     assert private_redis.process is not None
     services.request_collection(["warm-up"], 36)  # the publisher's connection is open
     wait_until(lambda: len(posts(sandbox)) == 1, timeout=10)
