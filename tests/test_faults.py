@@ -228,7 +228,9 @@ def test_redis_outage_loses_no_request(
     pause cannot be stored); a request whose message was queued is lost with Redis' data and
     found again by the sweep; requests created while Redis is down (service, admin, API) are
     stored, answered at once, and sent once it is back."""
-    worker = start_worker(concurrency=2, CELERY_BROKER_URL=private_redis.url, REDIS_URL=private_redis.url)
+    worker = start_worker(
+        concurrency=2, CELERY_BROKER_URL=private_redis.url, REDIS_URL=private_redis.url
+    )
     sandbox.state.latency_ms = 1000
     sandbox.state.script.append({"status": 402, "body": {"error": "payment_required"}})
     durations = iter(range(1, 37))  # one duration each: no coalescing, one POST per request
@@ -311,7 +313,9 @@ def test_redis_hang_delays_creation_but_loses_nothing(
     """Redis frozen (SIGSTOP: a network partition that drops packets looks the same): its port
     still accepts connections, so publishing waits for socket timeouts instead of failing
     fast. Requests are still stored; the caller waits; nothing is lost."""
-    worker = start_worker(concurrency=2, CELERY_BROKER_URL=private_redis.url, REDIS_URL=private_redis.url)
+    worker = start_worker(
+        concurrency=2, CELERY_BROKER_URL=private_redis.url, REDIS_URL=private_redis.url
+    )
     assert private_redis.process is not None
     services.request_collection(["warm-up"], 36)  # the publisher's connection is open
     wait_until(lambda: len(posts(sandbox)) == 1, timeout=10)
