@@ -33,7 +33,7 @@ from django.urls import reverse
 from collections_app import services, tasks
 from collections_app.models import Attempt, CollectionRequest, Status
 
-from .conftest import ROOT, Worker, wait_until, worker_env
+from .conftest import BROKER_IS_REDIS, ROOT, Worker, wait_until, worker_env
 
 pytestmark = [pytest.mark.fault, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -185,6 +185,9 @@ def use_broker(url: str | None) -> None:
 
 @pytest.fixture
 def private_redis(settings: Any) -> Iterator[PrivateRedis]:
+    """A Redis of our own as broker and shared state (these faults are Redis-broker ones)."""
+    if not BROKER_IS_REDIS:
+        pytest.skip("the broker is not Redis")
     server = PrivateRedis()
     settings.CELERY_BROKER_URL = settings.REDIS_URL = server.url
     use_broker(server.url)

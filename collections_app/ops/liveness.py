@@ -1,7 +1,9 @@
 """Liveness of the worker and of beat, independent of the broker: each touches a heartbeat
-file on a timer of its own (HEARTBEAT_INTERVAL_SECONDS), and `manage.py alive worker|beat`
-fails when the file is missing or older than --max-age. A process that is frozen, deadlocked
-or gone stops touching its file, whether or not the broker answers.
+file (the worker every HEARTBEAT_INTERVAL_SECONDS from a thread of its own, beat on every tick
+of its scheduler), and `manage.py alive worker|beat` fails when the file is missing or older
+than --max-age. A process that is frozen (SIGSTOP, a paused VM) or gone stops touching its
+file, whether or not the broker answers; a broker outage alone does not make a worker "dead"
+and get it restarted for nothing.
 
 The worker also records its heartbeat in Redis (hostname → time), for /metrics' per-worker
 heartbeat age and the "worker heartbeat missing" alert.
@@ -10,6 +12,7 @@ heartbeat age and the "worker heartbeat missing" alert.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, cast
@@ -49,22 +52,28 @@ def worker_heartbeats() -> dict[str, float]:
 
 
 class WorkerHeartbeat(bootsteps.StartStopStep):
-    """A worker bootstep: touch WORKER_HEARTBEAT_FILE (and note the time in Redis) on the
-    worker's timer thread, which runs whatever the broker connection is doing."""
-
-    requires = ("celery.worker.components:Timer",)
+    """A worker bootstep: a thread of its own touches WORKER_HEARTBEAT_FILE (and notes the
+    time in Redis) every HEARTBEAT_INTERVAL_SECONDS. Not the worker's timer: on RabbitMQ that
+    runs in the consumer's event loop, which stalls while the broker is away."""
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
-        self.tref: Any = None
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
 
     def start(self, worker: Any) -> None:
         self.hostname = worker.hostname
         self.beat()
-        self.tref = worker.timer.call_repeatedly(settings.HEARTBEAT_INTERVAL_SECONDS, self.beat)
+        self.thread = threading.Thread(target=self.run, name="heartbeat", daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stopping.wait(settings.HEARTBEAT_INTERVAL_SECONDS):
+            self.beat()
 
     def stop(self, worker: Any) -> None:
-        if self.tref is not None:
-            self.tref.cancel()
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=2)
         Path(settings.WORKER_HEARTBEAT_FILE).unlink(missing_ok=True)
         self._redis("hdel", WORKERS_KEY, self.hostname)
 
