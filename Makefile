@@ -3,7 +3,6 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(abspath $(VENV))/bin
-REDIS_URL ?= redis://127.0.0.1:6379/0
 SANDBOX_PORT ?= 8765
 export PATH := $(BIN):$(PATH)
 
@@ -36,9 +35,10 @@ lock: | $(UV)
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-# Start a throwaway local Redis when none answers (it keeps nothing on disk).
+# Start a throwaway local Redis when none answers (it keeps nothing on disk): REDIS_URL's, or
+# the broker's when REDIS_URL is unset.
 redis:
-	@$(PY) scripts/ensure_redis.py "$${CELERY_BROKER_URL:-$(REDIS_URL)}"
+	@$(PY) scripts/ensure_redis.py "$${REDIS_URL:-$${CELERY_BROKER_URL:-redis://127.0.0.1:6379/0}}"
 
 run: install redis
 	$(PY) manage.py migrate --noinput
