@@ -166,6 +166,8 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/
 # The fleet's shared state (rate limit, pauses, call counters, heartbeats); set it when the
 # broker is not Redis (RabbitMQ: amqp://…).
 REDIS_URL = os.environ.get("REDIS_URL", CELERY_BROKER_URL)
+# RabbitMQ only: "quorum" declares the queues as replicated quorum queues (docs/operations.md).
+CELERY_TASK_DEFAULT_QUEUE_TYPE = logs.choice("CELERY_QUEUE_TYPE", "classic", ("classic", "quorum"))
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True  # task name, args and worker kept with each result row
 CELERY_CACHE_BACKEND = "django-cache"
