@@ -11,7 +11,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from . import logs, sentry
+from . import logs
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -268,5 +268,7 @@ METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 COLLECTIONS_API_MAX_BODY_BYTES = env_int("COLLECTIONS_API_MAX_BODY_BYTES", 256 * 1024, minimum=1)
 COLLECTIONS_API_PAGE_SIZE = env_int("COLLECTIONS_API_PAGE_SIZE", 50, minimum=1)
 
-if SENTRY_DSN:
+if SENTRY_DSN:  # sentry_sdk is not even imported otherwise
+    from . import sentry
+
     sentry.init(SENTRY_DSN, SENTRY_ENVIRONMENT)

@@ -62,6 +62,7 @@ def base_env(target: Target, sandbox_url: str = "") -> dict[str, str]:
     env.update(
         DATABASE_URL=target.database_url,
         CELERY_BROKER_URL=target.redis_url,
+        REDIS_URL=target.redis_url,
         UTILITYAPI_BASE_URL=sandbox_url or "http://127.0.0.1:9/api/v2",
         UTILITYAPI_TOKEN=TOKEN,
         DJANGO_DEBUG="0",
