@@ -1,10 +1,15 @@
 FROM python:3.11-slim
 WORKDIR /app
-COPY pyproject.toml ./
+# The same pinned tree as `make run`: every package from uv.lock, checked against its hashes.
+RUN pip install --no-cache-dir uv==0.13.9
+ENV UV_PROJECT_ENVIRONMENT=/opt/venv UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 \
+    PATH=/opt/venv/bin:$PATH
+COPY pyproject.toml uv.lock ./
+RUN uv sync --frozen --no-install-project --no-cache
 COPY project ./project
 COPY collections_app ./collections_app
 COPY manage.py ./
-RUN pip install --no-cache-dir .
+RUN uv sync --frozen --no-editable --no-cache
 ENV DJANGO_SETTINGS_MODULE=project.settings PYTHONUNBUFFERED=1
 EXPOSE 8000
 CMD ["gunicorn", "project.wsgi", "--bind", "0.0.0.0:8000"]

@@ -3,28 +3,42 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(abspath $(VENV))/bin
-REDIS_URL ?= redis://127.0.0.1:6379/0
 SANDBOX_PORT ?= 8765
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run urls test lint bench install install-test redis superuser clean
+.PHONY: run urls test lint lock bench install install-test redis superuser clean
 
-$(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+# Installs come from uv.lock (every package pinned, with hashes); `make lock` refreshes it.
+# uv itself is bootstrapped from PyPI into .tools/ at a pinned version unless UV is given.
+UV_VERSION := 0.13.9
+UV ?= $(abspath .tools)/bin/uv
+export UV_PROJECT_ENVIRONMENT := $(abspath $(VENV))
+export UV_PYTHON ?= python3
+export UV_PYTHON_DOWNLOADS ?= never
+
+$(UV):
+	python3 -m venv .tools
+	.tools/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+# The run environment; `--inexact` keeps the test tools of an earlier `make test`.
+$(VENV)/.installed: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --inexact --quiet
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
-	$(PY) -m pip install --quiet -e '.[test,dev]'
+	$(UV) sync --frozen --all-extras --quiet
 	touch $@
+
+lock: | $(UV)
+	$(UV) lock --upgrade
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
-# Start a throwaway local Redis when none answers (it keeps nothing on disk).
+# Start a throwaway local Redis when none answers (it keeps nothing on disk): REDIS_URL's, or
+# the broker's when REDIS_URL is unset.
 redis:
-	@$(PY) scripts/ensure_redis.py "$${CELERY_BROKER_URL:-$(REDIS_URL)}"
+	@$(PY) scripts/ensure_redis.py "$${REDIS_URL:-$${CELERY_BROKER_URL:-redis://127.0.0.1:6379/0}}"
 
 run: install redis
 	$(PY) manage.py migrate --noinput
@@ -55,4 +69,4 @@ bench: install-test
 	$(PY) scripts/bench.py --json docs/benchmarks.json $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) staticfiles db.sqlite3 .pytest_cache
+	rm -rf $(VENV) .tools staticfiles db.sqlite3 .pytest_cache

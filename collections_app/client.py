@@ -27,6 +27,7 @@ from .exceptions import (
     TransientError,
     UtilityAPIError,
 )
+from .gate import telemetry
 
 DEFAULT_RETRY_AFTER = 5.0  # a 429 with no usable Retry-After still waits this long
 MAX_RETRY_AFTER = 3600.0  # a Retry-After further out than this is treated as this
@@ -218,6 +219,7 @@ class UtilityAPIClient:
             raise BadResponse("bad_response", f"{endpoint} paging does not end ({where} again)")
         return nxt
 
+    @telemetry.observed
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         try:
             response = self.session.request(

@@ -15,6 +15,8 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 from django.utils import timezone
 
+from project import logs
+
 from . import gate
 from .client import Accepted, get_client
 from .exceptions import PermanentError, UtilityAPIError
@@ -50,6 +52,10 @@ def deliver_due(task_id: str = "", first: Any = None, budget: float = DRAIN_SECO
 def send(batch: Sequence[CollectionRequest], task_id: str) -> str:
     """POST the batch's meters once, through the fleet's gate, and record the answer."""
     call = Call(uuid.uuid4(), timezone.now(), 0, task_id)
+    ids = [str(request.pk) for request in batch]
+    # On every line of the send path from here on (LOG_FORMAT=json): `grep <request id>`.
+    logs.bind(request_id=ids[0] if len(ids) == 1 else "", request_ids=",".join(ids))
+    logs.bind(call_id=call.call_id)
     try:
         outcome: Accepted | UtilityAPIError = gate.call(ENDPOINT, lambda: _post(batch, call))
     except gate.Held as held:
@@ -59,6 +65,7 @@ def send(batch: Sequence[CollectionRequest], task_id: str) -> str:
         return f"deferred: {held}"
     except UtilityAPIError as err:
         outcome = err
+    log.info("UtilityAPI answered %s in %d ms", _summary(batch, outcome), call.duration_ms)
     if _must_split(batch, outcome):
         assert isinstance(outcome, UtilityAPIError)
         _record(outcomes.record_split, batch, outcome, call)

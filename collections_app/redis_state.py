@@ -15,14 +15,29 @@ import redis
 from django.conf import settings
 from redis.commands.core import Script
 
+QUICK_TIMEOUT_SECONDS = 0.5
+
 
 @cache
 def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3)
 
 
+@cache
+def _quick_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url, socket_timeout=QUICK_TIMEOUT_SECONDS, socket_connect_timeout=QUICK_TIMEOUT_SECONDS
+    )
+
+
 def connection() -> redis.Redis:
     return _client(settings.REDIS_URL)
+
+
+def quick_connection() -> redis.Redis:
+    """For figures that are not worth waiting for (call counters, heartbeats): a slow Redis
+    never holds up real work."""
+    return _quick_client(settings.REDIS_URL)
 
 
 @cache

@@ -10,11 +10,24 @@ from typing import Any
 from celery import Celery, bootsteps
 from celery.signals import beat_init, task_postrun, task_prerun
 
+from collections_app.liveness import WorkerHeartbeat
+
+from . import logs
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
 app = Celery("project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+app.steps["worker"].add(WorkerHeartbeat)
+
+
+@task_prerun.connect
+def bind_task_to_logs(task_id: str = "", task: Any = None, **kwargs: Any) -> None:
+    """Every line a task logs carries its id and name (LOG_FORMAT=json); nothing is left
+    over from the thread's previous task."""
+    logs.clear()
+    logs.bind(task_id=task_id, task=getattr(task, "name", ""))
 
 
 @task_prerun.connect

@@ -5,10 +5,13 @@ DJANGO_ALLOWED_HOSTS, DATABASE_URL and CELERY_BROKER_URL.
 """
 
 import os
+import tempfile
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from . import logs
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -123,7 +126,7 @@ SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = not DEBUG
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
 SECURE_HSTS_SECONDS = 0 if DEBUG else env_int("DJANGO_HSTS_SECONDS", 31_536_000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_PRELOAD = not DEBUG
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 CSRF_TRUSTED_ORIGINS = [
     o.strip() for o in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
 ]
@@ -168,8 +171,8 @@ METERS_SYNC_MAX_WAIT_SECONDS = env_float("METERS_SYNC_MAX_WAIT_SECONDS", 60)
 
 # --- Celery (https://docs.celeryq.dev/en/stable/userguide/configuration.html) -----------------
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
-# The fleet's shared state (rate limit, pauses, the sweep's last run): the broker's Redis
-# unless the broker is something else.
+# The fleet's shared state (rate limit, pauses, call counters, heartbeats, the sweep's last
+# run): the broker's Redis unless the broker is something else (RabbitMQ: amqp://…).
 REDIS_URL = os.environ.get("REDIS_URL", "") or CELERY_BROKER_URL
 # One cache for every process (the dashboard's probes, rate limits), in that Redis.
 CACHES = {
@@ -180,6 +183,8 @@ CACHES = {
         "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
     }
 }
+# RabbitMQ only: "quorum" declares the queues as replicated quorum queues (docs/operations.md).
+CELERY_TASK_DEFAULT_QUEUE_TYPE = logs.choice("CELERY_QUEUE_TYPE", "classic", ("classic", "quorum"))
 CELERY_RESULT_BACKEND = "django-db"
 CELERY_RESULT_EXTENDED = True  # task name, args and worker kept with each result row
 # Result rows (the admin links each attempt to its task's) are kept this long, then deleted by
@@ -208,7 +213,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "interval_max": 1,
 }
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.5}
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# django_celery_beat's DatabaseScheduler, touching BEAT_HEARTBEAT_FILE on every tick.
+CELERY_BEAT_SCHEDULER = "collections_app.beat_scheduler:HeartbeatScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULE = {
     "delete-expired-task-results": {"task": "celery.backend_cleanup", "schedule": 3600.0},
@@ -245,19 +251,21 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
 }
 
-LOG_LEVEL = os.environ.get("LOG_LEVEL", "").strip().upper() or "INFO"
-if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-    raise ImproperlyConfigured(
-        f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {LOG_LEVEL!r}"
-    )
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"urllib3": {"level": "WARNING"}},
-}
+# --- Logs, errors, liveness (docs/operations.md) ------------------------------------------------
+LOG_LEVEL = logs.choice("LOG_LEVEL", "INFO", logs.LEVELS)
+LOG_FORMAT = logs.choice("LOG_FORMAT", "plain", logs.FORMATS)
+LOGGING = logs.config(LOG_LEVEL, LOG_FORMAT)
+# Unset, nothing is sent anywhere; set, errors and beat's cron check-ins go to Sentry.
+SENTRY_DSN = os.environ.get("SENTRY_DSN", "")
+SENTRY_ENVIRONMENT = os.environ.get("SENTRY_ENVIRONMENT", "production")
+# A worker's bootstep and beat's scheduler touch these files; `manage.py alive` reads them.
+WORKER_HEARTBEAT_FILE = os.environ.get(
+    "WORKER_HEARTBEAT_FILE", os.path.join(tempfile.gettempdir(), "collections-worker.alive")
+)
+BEAT_HEARTBEAT_FILE = os.environ.get(
+    "BEAT_HEARTBEAT_FILE", os.path.join(tempfile.gettempdir(), "collections-beat.alive")
+)
+HEARTBEAT_INTERVAL_SECONDS = env_float("HEARTBEAT_INTERVAL_SECONDS", 10, minimum=0.1)
 
 # --- Ops dashboard (/ops/, /ops/metrics.json, /metrics; see docs/dashboard.md) -----------------
 # The oldest `submitted` request turns the stalls panel amber past this age.
@@ -274,3 +282,8 @@ METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 # Bodies larger than this are refused with 413 before they are read.
 COLLECTIONS_API_MAX_BODY_BYTES = env_int("COLLECTIONS_API_MAX_BODY_BYTES", 256 * 1024, minimum=1)
 COLLECTIONS_API_PAGE_SIZE = env_int("COLLECTIONS_API_PAGE_SIZE", 50, minimum=1)
+
+if SENTRY_DSN:  # sentry_sdk is not even imported otherwise
+    from . import sentry
+
+    sentry.init(SENTRY_DSN, SENTRY_ENVIRONMENT)

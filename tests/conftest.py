@@ -19,6 +19,13 @@ from typing import Any
 
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
+# On RabbitMQ (CELERY_BROKER_URL=amqp://…) the fleet's state still needs a Redis database.
+os.environ.setdefault(
+    "REDIS_URL",
+    os.environ["CELERY_BROKER_URL"]
+    if os.environ["CELERY_BROKER_URL"].startswith("redis")
+    else "redis://127.0.0.1:6379/1",
+)
 os.environ.setdefault("UTILITYAPI_TOKEN", "sandbox-token")
 os.environ.setdefault("COLLECTIONS_COALESCE_WINDOW_MS", "0")
 
@@ -26,6 +33,7 @@ import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
+BROKER_IS_REDIS = os.environ["CELERY_BROKER_URL"].startswith(("redis://", "rediss://"))
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
@@ -42,8 +50,9 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: fl
 
 @pytest.fixture
 def redis_db() -> Iterator[redis.Redis]:
-    """The suite's Redis database, empty at the start of the test."""
-    client = redis.Redis.from_url(os.environ["CELERY_BROKER_URL"])
+    """The suite's Redis database (the broker too, unless it is RabbitMQ), empty at the start
+    of the test."""
+    client = redis.Redis.from_url(os.environ["REDIS_URL"])
     client.flushdb()
     yield client
     client.flushdb()
@@ -154,8 +163,13 @@ def start_worker(
 ) -> Iterator[Callable[..., Worker]]:
     """Start real worker processes: `start_worker(concurrency=4, **env_overrides)`.
 
-    The test's own settings are aligned with the worker's environment."""
+    The test's own settings are aligned with the worker's environment. On RabbitMQ, the
+    queue is purged first (on Redis, `redis_db` has flushed it)."""
     workers: list[Worker] = []
+    if not BROKER_IS_REDIS:
+        from project.celery import app
+
+        app.control.purge()
 
     def start(concurrency: int = 4, **overrides: Any) -> Worker:
         env = worker_env(sandbox, **overrides)

@@ -1,7 +1,8 @@
 """Settings for the test run: the project's own, on the suite's defaults.
 
 The suite needs PostgreSQL and a Redis database it may flush (db 1 by default, so that
-`make run`'s db 0 is left alone). Worker processes started by the tests get the same values
+`make run`'s db 0 is left alone). With CELERY_BROKER_URL=amqp://… it runs on RabbitMQ, and
+REDIS_URL names that Redis database. Worker processes started by the tests get the same values
 through their environment (tests/conftest.py).
 """
 
@@ -10,6 +11,8 @@ import os
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
 os.environ.setdefault("UTILITYAPI_TOKEN", "sandbox-token")
+if not os.environ["CELERY_BROKER_URL"].startswith("redis"):  # RabbitMQ: see tests/conftest.py
+    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/1")
 os.environ.setdefault("COLLECTIONS_COALESCE_WINDOW_MS", "0")
 
 from project.settings import *  # noqa: F403

@@ -34,7 +34,7 @@ from collections_app import services, tasks
 from collections_app.models import Attempt, CollectionRequest, Status
 from collections_app.services import broker
 
-from .conftest import ROOT, Worker, wait_until, worker_env
+from .conftest import BROKER_IS_REDIS, ROOT, Worker, wait_until, worker_env
 
 pytestmark = [pytest.mark.fault, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -176,7 +176,7 @@ class PrivateRedis:
 
 def use_broker(url: str | None) -> None:
     """Point this process's Celery app at `url`, or back at CELERY_BROKER_URL with None.
-    (The gate follows settings.CELERY_BROKER_URL: its connection is cached per URL.)"""
+    (The gate follows settings.REDIS_URL: its connection is cached per URL.)"""
     from project.celery import app
 
     app.conf.broker_write_url = app.conf.broker_read_url = url
@@ -186,8 +186,11 @@ def use_broker(url: str | None) -> None:
 
 @pytest.fixture
 def private_redis(settings: Any) -> Iterator[PrivateRedis]:
+    """A Redis of our own as broker and shared state (these faults are Redis-broker ones)."""
+    if not BROKER_IS_REDIS:
+        pytest.skip("the broker is not Redis")
     server = PrivateRedis()
-    settings.CELERY_BROKER_URL = server.url
+    settings.CELERY_BROKER_URL = settings.REDIS_URL = server.url
     use_broker(server.url)
     yield server
     server.stop()
@@ -229,7 +232,9 @@ def test_redis_outage_loses_no_request(
     pause cannot be stored); a request whose message was queued is lost with Redis' data and
     found again by the sweep; requests created while Redis is down (service, admin, API) are
     stored, answered at once, and sent once it is back."""
-    worker = start_worker(concurrency=2, CELERY_BROKER_URL=private_redis.url)
+    worker = start_worker(
+        concurrency=2, CELERY_BROKER_URL=private_redis.url, REDIS_URL=private_redis.url
+    )
     sandbox.state.latency_ms = 1000
     sandbox.state.script.append({"status": 402, "body": {"error": "payment_required"}})
     durations = iter(range(1, 37))  # one duration each: no coalescing, one POST per request
@@ -312,7 +317,9 @@ def test_redis_hang_delays_creation_but_loses_nothing(
     """Redis frozen (SIGSTOP: a network partition that drops packets looks the same): its port
     still accepts connections, so publishing waits for socket timeouts instead of failing
     fast. Requests are still stored; the caller waits; nothing is lost."""
-    worker = start_worker(concurrency=2, CELERY_BROKER_URL=private_redis.url)
+    worker = start_worker(
+        concurrency=2, CELERY_BROKER_URL=private_redis.url, REDIS_URL=private_redis.url
+    )
     assert private_redis.process is not None
     services.request_collection(["warm-up"], 36)  # the publisher's connection is open
     wait_until(lambda: len(posts(sandbox)) == 1, timeout=10)

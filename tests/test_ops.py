@@ -268,7 +268,7 @@ def test_prometheus_carries_the_figures(
 
 
 def test_dead_broker_answers_quickly_and_red(django_user_model: Any, settings: Any) -> None:
-    settings.CELERY_BROKER_URL = DEAD_BROKER
+    settings.CELERY_BROKER_URL = settings.REDIS_URL = DEAD_BROKER
     client = staff_client(django_user_model)
     started = time.monotonic()
     data = client.get("/ops/metrics.json").json()

@@ -39,6 +39,28 @@ def test_docker_compose_uses_the_procfile_commands() -> None:
     assert env["CELERY_BROKER_URL"].startswith("redis://")
 
 
+def test_docker_compose_waits_for_migrate_and_probes_every_service() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for name in ("web", "worker", "beat"):
+        assert services[name]["depends_on"]["migrate"] == {
+            "condition": "service_completed_successfully"
+        }, name
+    for name, service in services.items():
+        check = service["healthcheck"]
+        assert check.get("disable") is True if name == "migrate" else check["test"], name
+    assert "alive worker" in " ".join(services["worker"]["healthcheck"]["test"])
+    assert "/readyz" in " ".join(services["web"]["healthcheck"]["test"])
+    redis = services["redis"]
+    assert "--appendonly yes" in redis["command"] and redis["volumes"][0].endswith(":/data")
+
+
+def test_installs_come_from_the_lock_file() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "sync --frozen" in makefile and re.search(r"^lock:", makefile, re.MULTILINE)
+    assert "uv sync --frozen" in (ROOT / "Dockerfile").read_text()
+    assert (ROOT / "uv.lock").exists()
+
+
 def test_readme_shows_the_setup_commands_and_the_processes() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "make run" in readme and "make test" in readme

@@ -58,19 +58,22 @@ def _client(url: str, seconds: float) -> redis.Redis:
 
 
 def broker() -> dict[str, Any]:
-    """One round trip to Redis: ping, the queue's length, messages held by workers, and the
-    sweep's heartbeat. `ok` is False (with the error's type) when Redis does not answer."""
+    """One round trip to the fleet's Redis (REDIS_URL): ping, the sweep's heartbeat and, when
+    it is the broker too, the queue's length and the messages held by workers. `ok` is False
+    (with the error's type) when Redis does not answer."""
     queue = _default_queue()
+    is_broker = settings.REDIS_URL == settings.CELERY_BROKER_URL
     keys = [queue, *(f"{queue}{PRIORITY_SEPARATOR}{step}" for step in PRIORITY_STEPS)]
     started = time.monotonic()
     try:
-        pipe = _client(settings.CELERY_BROKER_URL, timeout()).pipeline(transaction=False)
+        pipe = _client(settings.REDIS_URL, timeout()).pipeline(transaction=False)
         pipe.ping()
-        for key in keys:
-            pipe.llen(key)
-        pipe.hlen(UNACKED_KEY)
-        _, *lengths, unacked = pipe.execute()
-        sweep = _client(settings.REDIS_URL, timeout()).get(SWEEP_KEY)
+        pipe.get(SWEEP_KEY)
+        if is_broker:
+            for key in keys:
+                pipe.llen(key)
+            pipe.hlen(UNACKED_KEY)
+        _, sweep, *lengths = pipe.execute()
     except (redis.RedisError, OSError) as err:
         return {"ok": False, "ms": _elapsed_ms(started), "error": type(err).__name__}
     return {
@@ -78,8 +81,8 @@ def broker() -> dict[str, Any]:
         "ms": _elapsed_ms(started),
         "error": "",
         "queue": queue,
-        "queue_length": sum(lengths),
-        "unacked": unacked,
+        "queue_length": sum(lengths[:-1]) if is_broker else None,
+        "unacked": lengths[-1] if is_broker else None,
         "sweep": selectors.parse_sweep_record(sweep),
     }
 

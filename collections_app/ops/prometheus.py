@@ -7,13 +7,24 @@ It lives in its own registry: no process metrics of one web worker among many.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
+from .. import liveness
+from ..gate import telemetry
 from . import metrics
+
+log = logging.getLogger(__name__)
 
 PREFIX = "collections_"
 
@@ -133,8 +144,52 @@ def stalls(s: dict[str, Any]) -> Iterator[Metric]:
     )
 
 
+class FleetCollector:
+    """UtilityAPI calls of every worker (counted in Redis by gate/telemetry.py) and each
+    worker's heartbeat age; nothing from here while Redis does not answer."""
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            calls, latency = telemetry.read()
+            beats = liveness.worker_heartbeats()
+        except Exception as err:  # redis errors vary; collections_up says Redis is down
+            log.warning("cannot read the fleet's call counters: %s", type(err).__name__)
+            return
+        yield from utilityapi_calls(calls, latency)
+        ages = GaugeMetricFamily(
+            PREFIX + "worker_heartbeat_age_seconds",
+            "Seconds since each worker's last heartbeat (HEARTBEAT_INTERVAL_SECONDS apart).",
+            labels=["worker"],
+        )
+        for name, at in sorted(beats.items()):
+            ages.add_metric([name], max(time.time() - at, 0.0))
+        yield ages
+
+
+def utilityapi_calls(
+    calls: dict[tuple[str, str], int], latency: dict[str, telemetry.Latency]
+) -> Iterator[Metric]:
+    counter = CounterMetricFamily(
+        PREFIX + "utilityapi_calls",
+        "UtilityAPI calls by endpoint and HTTP status (error: no answer).",
+        labels=["endpoint", "status"],
+    )
+    for (endpoint, status), count in sorted(calls.items()):
+        counter.add_metric([endpoint, status], count)
+    yield counter
+    histogram = HistogramMetricFamily(
+        PREFIX + "utilityapi_call_duration_seconds",
+        "Time from sending a UtilityAPI call to its answer (or error), by endpoint.",
+        labels=["endpoint"],
+    )
+    for endpoint, figures in sorted(latency.items()):
+        histogram.add_metric([endpoint], figures.cumulative(), sum_value=figures.total)
+    yield histogram
+
+
 REGISTRY = CollectorRegistry()
 REGISTRY.register(OpsCollector())
+REGISTRY.register(FleetCollector())
 
 
 def exposition() -> bytes:

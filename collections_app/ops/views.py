@@ -13,7 +13,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from . import metrics, prometheus
+from . import metrics, prometheus, readiness
 
 
 def is_staff(request: HttpRequest) -> bool:
@@ -58,3 +58,12 @@ def has_metrics_token(request: HttpRequest) -> bool:
         and scheme.lower() == "bearer"
         and hmac.compare_digest(given.strip().encode(), expected.encode())
     )
+
+
+@require_GET
+@never_cache
+def readyz(request: HttpRequest) -> JsonResponse:
+    """200 when the database, its migrations and Redis are ready, else 503 naming what failed.
+    Open to anyone, like /healthz: it names parts, never their addresses or credentials."""
+    result = readiness.check()
+    return JsonResponse(result, status=200 if result["ready"] else 503)

@@ -75,9 +75,9 @@
     machineryRow("m-workers", workers.ok ? "ok" : "bad", workers.ok
       ? `${workers.count} answering: ${workers.names.join(", ")}`
       : (redis.ok ? "none answers a ping" : "unknown: no broker"));
-    machineryRow("m-queue", redis.ok ? "ok" : "bad", redis.ok
-      ? `${num(redis.queue_length)} waiting in “${redis.queue}”, ${num(redis.unacked)} held by workers`
-      : "unknown");
+    machineryRow("m-queue", redis.ok ? "ok" : "bad", !redis.ok ? "unknown"
+      : redis.queue_length === null ? "not shown: the broker is not Redis"
+      : `${num(redis.queue_length)} waiting in “${redis.queue}”, ${num(redis.unacked)} held by workers`);
     if (!redis.ok) {
       machineryRow("m-sweep", "bad", "unknown: its heartbeat is kept in Redis");
     } else if (sweep.last_run_at === null) {
