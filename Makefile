@@ -6,6 +6,8 @@ BIN := $(abspath $(VENV))/bin
 REDIS_URL ?= redis://127.0.0.1:6379/0
 SANDBOX_PORT ?= 8765
 export PATH := $(BIN):$(PATH)
+# Every target here is development: ask for it explicitly (the settings default to production).
+run test lint bench: export DJANGO_DEBUG := 1
 
 .PHONY: run test lint bench install install-test redis superuser clean
 

@@ -7,6 +7,7 @@ UtilityAPI's own error type as its code (`required_param_missing` or `invalid_pa
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from typing import Any
 
@@ -14,7 +15,11 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 UID_MAX_LENGTH = 64
-_BAD_UID_CHARS = re.compile(r"[\s\x00-\x1f\x7f\ud800-\udfff]")  # lone surrogates: not text
+# Unicode categories no uid may contain: controls, format characters (bidirectional overrides,
+# zero-width joiners, BOM), surrogates, private use, unassigned code points, and every space
+# and line or paragraph separator. What is left shows as what it is.
+UID_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+IDEMPOTENCY_KEY_MAX = 255  # CollectionRequest.idempotency_key's max_length
 
 
 def invalid(field: str, message: str, code: str = "invalid_param") -> ValidationError:
@@ -48,12 +53,31 @@ def _check_uid(uid: Any, position: int) -> None:
         raise invalid("meters", f"{where} must be a string uid, not {type(uid).__name__}.")
     if not uid.strip():
         raise invalid("meters", f"{where} is blank.")
-    if len(uid) > UID_MAX_LENGTH or _BAD_UID_CHARS.search(uid):
+    if len(uid) > UID_MAX_LENGTH or not uid_characters_ok(uid):
         raise invalid(
             "meters",
-            f"{where} ({uid[:UID_MAX_LENGTH]!r}) is not a meter uid: at "
-            f"most {UID_MAX_LENGTH} characters, no spaces or control characters.",
+            f"{where} ({uid[:UID_MAX_LENGTH]!r}) is not a meter uid: at most {UID_MAX_LENGTH} "
+            "characters, no spaces and no control, format, private-use or unassigned characters.",
         )
+
+
+def uid_characters_ok(uid: str) -> bool:
+    """No character of UID_REFUSED_CATEGORIES."""
+    return not any(unicodedata.category(c) in UID_REFUSED_CATEGORIES for c in uid)
+
+
+def clean_idempotency_key(key: Any) -> str:
+    """An Idempotency-Key: "" (none) or up to 255 printable ASCII characters."""
+    if not isinstance(key, str) or not re.fullmatch(r"[\x20-\x7e]*", key):
+        raise invalid(
+            "idempotency_key", "idempotency_key may hold printable ASCII characters only."
+        )
+    if len(key) > IDEMPOTENCY_KEY_MAX:
+        raise invalid(
+            "idempotency_key",
+            f"idempotency_key is longer than {IDEMPOTENCY_KEY_MAX} characters.",
+        )
+    return key
 
 
 def clean_duration(value: Any) -> int | None:

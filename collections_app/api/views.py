@@ -18,11 +18,13 @@ from rest_framework.response import Response
 
 from .. import services
 from ..models import CollectionRequest, Source, Status
+from ..validation import IDEMPOTENCY_KEY_MAX, clean_idempotency_key
 from .auth import API_AUTHENTICATION
 from .errors import ApiError
 from .pagination import NewestFirst
 from .parsers import BoundedJSONParser
 from .permissions import CollectionRequestPermissions
+from .throttles import PostRateThrottle
 from .serializers import (
     INPUT_FIELDS,
     CollectionRequestInputSerializer,
@@ -38,9 +40,10 @@ ERROR_MEANINGS = {
     413: "Body larger than COLLECTIONS_API_MAX_BODY_BYTES (request_too_large).",
     415: "Body not sent as application/json (unsupported_media_type).",
     422: "Idempotency-Key reused with other meters or duration (idempotency_key_reused).",
+    429: "More POSTs than COLLECTIONS_API_POST_RATE for this token; see Retry-After "
+    "(rate_limited).",
 }
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-IDEMPOTENCY_KEY_MAX = 255  # CollectionRequest.idempotency_key's max_length
 
 
 def errors(*codes: int) -> dict[int, OpenApiResponse]:
@@ -53,6 +56,7 @@ class ApiView(generics.GenericAPIView):
     authentication_classes = API_AUTHENTICATION
     permission_classes = [CollectionRequestPermissions]
     parser_classes = [BoundedJSONParser]
+    throttle_classes = [PostRateThrottle]
 
 
 class CollectionRequestList(ApiView, generics.ListAPIView):
@@ -90,9 +94,9 @@ class CollectionRequestList(ApiView, generics.ListAPIView):
         parameters=[
             OpenApiParameter(
                 IDEMPOTENCY_HEADER,
-                {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX},
+                {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX, "pattern": "^[ -~]*$"},
                 OpenApiParameter.HEADER,
-                description="Any string unique per request (e.g. a UUID); empty means none.",
+                description="Printable ASCII, unique per request (e.g. a UUID); empty means none.",
             ),
             OpenApiParameter(
                 "Location",
@@ -110,12 +114,20 @@ class CollectionRequestList(ApiView, generics.ListAPIView):
                 description="Present when the Idempotency-Key matched an earlier request.",
                 response=[202],
             ),
+            OpenApiParameter(
+                "Retry-After",
+                OpenApiTypes.INT,
+                OpenApiParameter.HEADER,
+                description="Seconds until this token may POST again.",
+                response=[429],
+                required=True,
+            ),
         ],
-        responses={202: CollectionRequestSerializer, **errors(400, 401, 403, 413, 415, 422)},
+        responses={202: CollectionRequestSerializer, **errors(400, 401, 403, 413, 415, 422, 429)},
     )
     def post(self, request: Request) -> Response:
         meters, duration = body_fields(request.data)
-        key = request.headers.get(IDEMPOTENCY_HEADER, "")
+        key = clean_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER, ""))
         started = timezone.now()
         created = trigger(request.user, meters, duration, key)
         url = reverse("collections_api:collection-detail", kwargs={"id": created.pk})
@@ -163,8 +175,8 @@ def trigger(user: Any, meters: Any, duration: Any, key: str) -> CollectionReques
 
 
 def _key_reused(err: ValidationError, user: Any, key: str) -> bool:
-    """The service refused the key itself, and not for its length: it is taken."""
-    if "idempotency_key" not in getattr(err, "error_dict", {}) or len(key) > IDEMPOTENCY_KEY_MAX:
+    """The service refused the key (already checked well formed): it is taken."""
+    if "idempotency_key" not in getattr(err, "error_dict", {}):
         return False
     return CollectionRequest.objects.filter(requested_by=user, idempotency_key=key).exists()
 

@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ..models import CollectionRequest, Source, Status
-from ..validation import clean_duration, clean_meters, invalid
+from ..validation import clean_duration, clean_idempotency_key, clean_meters, invalid
 from .broker import _dispatch_on_commit
 from .transitions import transition
 
@@ -32,8 +32,7 @@ def request_collection(
     collection_duration = clean_duration(collection_duration)
     if source not in Source.values:
         raise invalid("source", f"source must be one of {', '.join(Source.values)}.")
-    if len(idempotency_key) > 255:
-        raise invalid("idempotency_key", "idempotency_key is longer than 255 characters.")
+    idempotency_key = clean_idempotency_key(idempotency_key)
     fields = {"meters": meters, "collection_duration": collection_duration}
     if idempotency_key:
         existing = _find_idempotent(requested_by, idempotency_key, fields)
