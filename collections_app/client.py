@@ -6,6 +6,7 @@ Vendor reference: shared/utilityapi-historical-collection.txt and utilityapi-not
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import functools
 import json
@@ -254,10 +255,8 @@ def _decoded_texts(content: bytes) -> list[str]:
     """The body as text, and each string in it when it is JSON, each also URL-decoded."""
     text = content.decode("utf-8", "replace")
     texts = [text]
-    try:
+    with contextlib.suppress(ValueError, UnicodeDecodeError, RecursionError):
         texts += _json_strings(json.loads(content))
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        pass
     return texts + [urllib.parse.unquote(t) for t in texts]
 
 

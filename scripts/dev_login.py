@@ -1,5 +1,11 @@
-"""For `make run`: make sure a development superuser exists and print the URLs and login."""
+"""For `make run`: make sure a development superuser exists and print the URLs and login.
 
+The fixed login `admin` / `admin` is created only when development is asked for
+(DJANGO_DEBUG=1) and the database is local (SQLite, a Unix socket or a loopback host); any
+other database gets no fixed password: create users with `manage.py createsuperuser`.
+"""
+
+import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -14,15 +20,32 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
 
+
+def is_local(database: dict) -> bool:
+    """SQLite, a Unix socket (no host, or a path) or a loopback address."""
+    if database["ENGINE"].endswith("sqlite3"):
+        return True
+    host = str(database.get("HOST") or "")
+    if not host or host.startswith("/") or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 if not settings.DEBUG:
     sys.exit("make run is for development: DJANGO_DEBUG is off, create users yourself.")
-
-User = get_user_model()
-if not User.objects.filter(username="admin").exists():
-    User.objects.create_superuser("admin", "admin@example.com", "admin")
 bind = os.environ.get("WEB_BIND", "127.0.0.1:8000")
+if is_local(settings.DATABASES["default"]):
+    User = get_user_model()
+    if not User.objects.filter(username="admin").exists():
+        User.objects.create_superuser("admin", "admin@example.com", "admin")
+    login = "login: admin / admin (development only)"
+else:
+    login = "not a local database: no fixed login; use manage.py createsuperuser"
 print(f"""
-  Admin          http://{bind}/admin/     login: admin / admin (development only)
+  Admin          http://{bind}/admin/     {login}
   Ops dashboard  http://{bind}/ops/
   JSON API       http://{bind}/api/collections/   (token: manage.py create_api_token admin)
   Ctrl-C stops web, worker, beat and the sandbox together.

@@ -24,13 +24,13 @@ from .errors import ApiError
 from .pagination import NewestFirst
 from .parsers import BoundedJSONParser
 from .permissions import CollectionRequestPermissions
-from .throttles import PostRateThrottle
 from .serializers import (
     INPUT_FIELDS,
     CollectionRequestInputSerializer,
     CollectionRequestSerializer,
     ErrorSerializer,
 )
+from .throttles import PostRateThrottle
 
 ERROR_MEANINGS = {
     400: "Bad input (invalid_param, required_param_missing, invalid_json); nothing stored.",

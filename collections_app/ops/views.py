@@ -17,7 +17,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import metrics, prometheus
 
-
 VIEW_PERMISSION = "collections_app.view_collectionrequest"
 
 
