@@ -123,7 +123,8 @@ WHITENOISE_USE_FINDERS = DEBUG  # `make run` serves admin assets without collect
 # Production hardening: `manage.py check --deploy` is clean when DJANGO_DEBUG=0.
 # X-Forwarded-Proto is believed only from a declared proxy: without one, any client could
 # send it and pass for HTTPS.
-if env_bool("DJANGO_BEHIND_PROXY", False):
+BEHIND_PROXY = env_bool("DJANGO_BEHIND_PROXY", False)
+if BEHIND_PROXY:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = not DEBUG
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
@@ -265,6 +266,10 @@ OPS_PROBE_TIMEOUT_SECONDS = env_float("OPS_PROBE_TIMEOUT_SECONDS", 0.5, minimum=
 OPS_REFRESH_SECONDS = env_int("OPS_REFRESH_SECONDS", 5, minimum=1)
 # /metrics answers a bearer of this token, or a staff session; unset, staff sessions only.
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
+
+# --- Admin login (collections_app/login_throttle.py) ------------------------------------------
+ADMIN_LOGIN_MAX_FAILURES = env_int("ADMIN_LOGIN_MAX_FAILURES", 10, minimum=1)
+ADMIN_LOGIN_WINDOW_SECONDS = env_int("ADMIN_LOGIN_WINDOW_SECONDS", 900, minimum=1)
 
 # --- JSON API (docs/api.md) -------------------------------------------------------------------
 # Bodies larger than this are refused with 413 before they are read; Django's own limit on
