@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 BIN := $(abspath $(VENV))/bin
 SANDBOX_PORT ?= 8765
 export PATH := $(BIN):$(PATH)
+# Every target here is development: ask for it explicitly (the settings default to production).
+run urls test lint bench: export DJANGO_DEBUG := 1
 
 .PHONY: run urls test lint lock bench install install-test redis superuser clean
 

@@ -6,11 +6,15 @@ call it makes is run through collections_app.gate by its caller.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import functools
 import json
 import os
+import re
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -235,11 +239,67 @@ class UtilityAPIClient:
 
     def _redacted(self, response: requests.Response) -> requests.Response:
         """The answer without our token: a proxy or debug page that echoes the request's
-        headers must not carry it into error descriptions, the admin, the logs."""
-        secret = self._token.encode()
-        if secret in response.content:
-            response._content = response.content.replace(secret, b"[redacted]")
+        headers must not carry it into error descriptions, the admin, the logs. The token is
+        found as itself, JSON-escaped (\\u0075…) and URL-escaped (%75…), in any mix; a body
+        that still holds it once decoded (JSON, then URL) is dropped whole."""
+        content = _secret_pattern(self._token).sub(b"[redacted]", response.content)
+        escaped = b"\\" in content or b"%" in content  # else decoding changes nothing
+        if escaped and any(self._token in text for text in _decoded_texts(content)):
+            content = b"[redacted]"
+        response._content = content
         return response
+
+
+@functools.cache
+def _secret_pattern(token: str) -> re.Pattern[bytes]:
+    """Each character of `token` as itself, \\uXXXX (either case) or %XX (either case)."""
+
+    def forms(char: str) -> bytes:
+        hex_bytes = char.encode().hex()
+        url = b"".join(
+            b"%" + _either_case(hex_bytes[i : i + 2]) for i in range(0, len(hex_bytes), 2)
+        )
+        json_escape = b"\\\\u" + _either_case(f"{ord(char):04x}") if ord(char) <= 0xFFFF else b""
+        return b"(?:" + b"|".join(filter(None, [re.escape(char.encode()), json_escape, url])) + b")"
+
+    return re.compile(b"".join(forms(char) for char in token))
+
+
+def _either_case(hex_digits: str) -> bytes:
+    return b"".join(
+        f"[{d.lower()}{d.upper()}]".encode() if d.isalpha() else d.encode() for d in hex_digits
+    )
+
+
+def _decoded_texts(content: bytes) -> list[str]:
+    """The body as text, and each string in it when it is JSON, each also URL-decoded."""
+    text = content.decode("utf-8", "replace")
+    texts = [text]
+    with contextlib.suppress(ValueError, UnicodeDecodeError, RecursionError):
+        texts += _json_strings(json.loads(content))
+    return texts + [urllib.parse.unquote(t) for t in texts]
+
+
+def _json_strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = [*value.keys(), *value.values()]
+    if isinstance(value, list):
+        return [s for item in value for s in _json_strings(item)]
+    return []
+
+
+def check_destination(base_url: str, token: str, sandbox_token: str) -> None:
+    """Only the sandbox speaks plain http: refuse to send it any token but its own, so a real
+    token never crosses the network in clear or reaches the sandbox (whose 401 would pause
+    the fleet)."""
+    if token and base_url.startswith("http://") and token != sandbox_token:
+        raise ConfigurationError(
+            "UTILITYAPI_BASE_URL is plain http (the sandbox) and UTILITYAPI_TOKEN is not the "
+            "sandbox's token (UTILITYAPI_SANDBOX_TOKEN): refusing to send it. Unset "
+            "UTILITYAPI_BASE_URL to use UtilityAPI."
+        )
 
 
 _clients: dict[tuple[Any, ...], UtilityAPIClient] = {}
@@ -257,6 +317,7 @@ def get_client() -> UtilityAPIClient:
         settings.UTILITYAPI_READ_TIMEOUT,
     )
     if key not in _clients:
+        check_destination(key[0], key[1], settings.UTILITYAPI_SANDBOX_TOKEN)
         _clients[key] = UtilityAPIClient(
             key[0], key[1], connect_timeout=key[2], read_timeout=key[3]
         )
@@ -267,6 +328,7 @@ __all__ = [
     "Accepted",
     "UtilityAPIClient",
     "UtilityAPIError",
+    "check_destination",
     "get_client",
     "parse_answer",
     "parse_retry_after",

@@ -7,6 +7,7 @@ UtilityAPI's own error type as its code (`required_param_missing` or `invalid_pa
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from django.conf import settings
@@ -14,12 +15,10 @@ from django.core.exceptions import ValidationError
 
 from .models import IDEMPOTENCY_KEY_MAX_LENGTH, MAX_MONTHS, MIN_MONTHS, UID_MAX_LENGTH
 
-# What a meter uid may not hold: control characters and whatever str.isspace() calls white
-# space. One definition for the check below and the API schema's pattern (JSON Schema's `\s`
-# means less than Python's); lone surrogates are refused besides, since they are not text.
-UID_FORBIDDEN = "\u0000-\u0020\u007f\u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-UID_PATTERN = f"^[^{UID_FORBIDDEN}]+$"
-_BAD_UID_CHARS = re.compile(f"[{UID_FORBIDDEN}\ud800-\udfff]")
+# Unicode categories no uid may contain: controls, format characters (bidirectional overrides,
+# zero-width joiners, BOM), surrogates, private use, unassigned code points, and every space
+# and line or paragraph separator. What is left shows as what it is.
+UID_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
 
 
 def invalid(field: str, message: str, code: str = "invalid_param") -> ValidationError:
@@ -74,12 +73,17 @@ def _uid_problem(uid: Any, position: int) -> str | None:
         return f"{where} must be a string uid, not {type(uid).__name__}."
     if not uid.strip():
         return f"{where} is blank."
-    if len(uid) > UID_MAX_LENGTH or _BAD_UID_CHARS.search(uid):
+    if len(uid) > UID_MAX_LENGTH or not uid_characters_ok(uid):
         return (
-            f"{where} ({uid[:UID_MAX_LENGTH]!r}) is not a meter uid: at "
-            f"most {UID_MAX_LENGTH} characters, no spaces or control characters."
+            f"{where} ({uid[:UID_MAX_LENGTH]!r}) is not a meter uid: at most {UID_MAX_LENGTH} "
+            "characters, no spaces and no control, format, private-use or unassigned characters."
         )
     return None
+
+
+def uid_characters_ok(uid: str) -> bool:
+    """No character of UID_REFUSED_CATEGORIES."""
+    return not any(unicodedata.category(c) in UID_REFUSED_CATEGORIES for c in uid)
 
 
 def ordinal(n: int) -> str:
@@ -106,14 +110,19 @@ def clean_duration(value: Any) -> int | None:
     return value
 
 
-def clean_idempotency_key(value: str) -> str:
-    """An Idempotency-Key of at most IDEMPOTENCY_KEY_MAX_LENGTH characters ("" for none)."""
-    if len(value) > IDEMPOTENCY_KEY_MAX_LENGTH:
+def clean_idempotency_key(key: Any) -> str:
+    """An Idempotency-Key: "" (none) or up to IDEMPOTENCY_KEY_MAX_LENGTH printable ASCII
+    characters."""
+    if not isinstance(key, str) or not re.fullmatch(r"[\x20-\x7e]*", key):
+        raise invalid(
+            "idempotency_key", "idempotency_key may hold printable ASCII characters only."
+        )
+    if len(key) > IDEMPOTENCY_KEY_MAX_LENGTH:
         raise invalid(
             "idempotency_key",
             f"idempotency_key is longer than {IDEMPOTENCY_KEY_MAX_LENGTH} characters.",
         )
-    return value
+    return key
 
 
 def parse_meter_text(text: str) -> list[str]:

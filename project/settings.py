@@ -1,10 +1,12 @@
 """Settings for the collections service, read from the environment (see README "Configuration").
 
-Every default is a development value; production sets DJANGO_SECRET_KEY, DJANGO_DEBUG=0,
-DJANGO_ALLOWED_HOSTS, DATABASE_URL and CELERY_BROKER_URL.
+Defaults are production's: DEBUG is off and DJANGO_SECRET_KEY is required, unless
+development is asked for with DJANGO_DEBUG=1 (`make run` and the tests do). Production also
+sets DJANGO_ALLOWED_HOSTS, DATABASE_URL and CELERY_BROKER_URL (docs/security.md).
 """
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -43,11 +45,13 @@ def env_bool(name: str, default: bool) -> bool:
     return default if not raw else raw in {"1", "true", "yes", "on"}
 
 
-DEBUG = env_bool("DJANGO_DEBUG", True)
+DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY must be set (or DJANGO_DEBUG=1 for development)"
+        )
     SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105
 ALLOWED_HOSTS = [
     h.strip()
@@ -121,7 +125,11 @@ LOGIN_URL = "admin:login"
 WHITENOISE_USE_FINDERS = DEBUG  # `make run` serves admin assets without collectstatic too
 
 # Production hardening: `manage.py check --deploy` is clean when DJANGO_DEBUG=0.
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# X-Forwarded-Proto is believed only from a declared proxy: without one, any client could
+# send it and pass for HTTPS.
+BEHIND_PROXY = env_bool("DJANGO_BEHIND_PROXY", False)
+if BEHIND_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = not DEBUG
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
 SECURE_HSTS_SECONDS = 0 if DEBUG else env_int("DJANGO_HSTS_SECONDS", 31_536_000)
@@ -134,6 +142,8 @@ CSRF_TRUSTED_ORIGINS = [
 # --- UtilityAPI -------------------------------------------------------------------------------
 UTILITYAPI_BASE_URL = os.environ.get("UTILITYAPI_BASE_URL", "https://utilityapi.com/api/v2")
 UTILITYAPI_TOKEN = os.environ.get("UTILITYAPI_TOKEN", "")
+# The one token ever sent over plain http, where only the sandbox listens (client.py).
+UTILITYAPI_SANDBOX_TOKEN = os.environ.get("UTILITYAPI_SANDBOX_TOKEN", "sandbox-token")
 UTILITYAPI_RATE_LIMIT = env_float("UTILITYAPI_RATE_LIMIT", 50, minimum=0.01)
 # Fraction of the rate limit kept in reserve so network jitter never lets the vendor count
 # more than its limit in any one-second window.
@@ -174,13 +184,14 @@ CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/
 # The fleet's shared state (rate limit, pauses, call counters, heartbeats, the sweep's last
 # run): the broker's Redis unless the broker is something else (RabbitMQ: amqp://…).
 REDIS_URL = os.environ.get("REDIS_URL", "") or CELERY_BROKER_URL
-# One cache for every process (the dashboard's probes, rate limits), in that Redis.
+# One cache for every process, in that Redis: the dashboard's probes and the API's and the
+# admin login's rate limits, which so hold across web processes.
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
-        "KEY_PREFIX": "collections:cache",
-        "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
+        "KEY_PREFIX": "collections-cache",
+        "OPTIONS": {"socket_timeout": 1, "socket_connect_timeout": 1},
     }
 }
 # RabbitMQ only: "quorum" declares the queues as replicated quorum queues (docs/operations.md).
@@ -278,9 +289,23 @@ OPS_REFRESH_SECONDS = env_int("OPS_REFRESH_SECONDS", 5, minimum=1)
 # /metrics answers a bearer of this token, or a staff session; unset, staff sessions only.
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 
+# --- Admin login (collections_app/login_throttle.py) ------------------------------------------
+ADMIN_LOGIN_MAX_FAILURES = env_int("ADMIN_LOGIN_MAX_FAILURES", 10, minimum=1)
+ADMIN_LOGIN_WINDOW_SECONDS = env_int("ADMIN_LOGIN_WINDOW_SECONDS", 900, minimum=1)
+
 # --- JSON API (docs/api.md) -------------------------------------------------------------------
-# Bodies larger than this are refused with 413 before they are read.
+# Bodies larger than this are refused with 413 before they are read; Django's own limit on
+# what it reads into memory is the same, so no other page reads more.
 COLLECTIONS_API_MAX_BODY_BYTES = env_int("COLLECTIONS_API_MAX_BODY_BYTES", 256 * 1024, minimum=1)
+DATA_UPLOAD_MAX_MEMORY_SIZE = COLLECTIONS_API_MAX_BODY_BYTES
+# POSTs per API token (or staff session) over a period: "N/s", "N/min", "N/hour" or "N/day".
+COLLECTIONS_API_POST_RATE = os.environ.get("COLLECTIONS_API_POST_RATE", "").strip() or "120/min"
+if not re.fullmatch(
+    r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", COLLECTIONS_API_POST_RATE
+):
+    raise ImproperlyConfigured(
+        f"COLLECTIONS_API_POST_RATE must look like 120/min, got {COLLECTIONS_API_POST_RATE!r}"
+    )
 COLLECTIONS_API_PAGE_SIZE = env_int("COLLECTIONS_API_PAGE_SIZE", 50, minimum=1)
 
 if SENTRY_DSN:  # sentry_sdk is not even imported otherwise

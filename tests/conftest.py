@@ -143,6 +143,7 @@ def worker_env(sandbox: Any, **overrides: Any) -> dict[str, str]:
         f"{db['PORT'] or 5432}/{db['NAME']}",
         UTILITYAPI_BASE_URL=sandbox.url,
         UTILITYAPI_TOKEN=sandbox.state.token,
+        UTILITYAPI_SANDBOX_TOKEN=sandbox.state.token,  # the only token plain http may carry
         UTILITYAPI_READ_TIMEOUT="2",
         UTILITYAPI_CONNECT_TIMEOUT="1",
         COLLECTIONS_LEASE_MARGIN_SECONDS="1",

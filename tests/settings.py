@@ -8,6 +8,8 @@ through their environment (tests/conftest.py).
 
 import os
 
+os.environ.setdefault("DJANGO_DEBUG", "1")  # development: the dev secret key, `make run`'s
+os.environ.setdefault("COLLECTIONS_API_POST_RATE", "100000/min")  # tests set their own limits
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/1")
 os.environ.setdefault("UTILITYAPI_TOKEN", "sandbox-token")

@@ -27,10 +27,10 @@ from django.utils.crypto import get_random_string
 from collections_app import services
 from collections_app.api.errors import RequestTooLarge
 from collections_app.api.parsers import BoundedJSONParser
-from collections_app.api.serializers import FIELDS
+from collections_app.api.serializers import FIELDS, UID_PATTERN
 from collections_app.models import ApiToken, CollectionRequest, Status
 from collections_app.services import broker, tokens
-from collections_app.validation import UID_PATTERN, clean_meters
+from collections_app.validation import clean_meters
 
 pytestmark = pytest.mark.django_db
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+import urllib.parse
 
 import pytest
 import requests
@@ -232,3 +233,50 @@ def test_the_explicit_timeout_is_sent(client: UtilityAPIClient) -> None:
     client.session.request = spy  # type: ignore[method-assign]
     client.historical_collection(["1"])
     assert seen["timeout"] == (1, 2) and seen["allow_redirects"] is False
+
+
+# --- the token's escaped forms ----------------------------------------------------------------
+
+
+def json_escaped(text: str, every: int = 1) -> str:
+    return "".join(f"\\u{ord(c):04x}" if i % every == 0 else c for i, c in enumerate(text))
+
+
+def url_escaped(text: str) -> str:
+    return "".join(f"%{ord(c):02X}" for c in text)
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        json_escaped(TOKEN),  # every character escaped
+        json_escaped(TOKEN, every=3),  # a mix
+        json_escaped(TOKEN).upper().replace("\\U", "\\u"),  # upper-case hex
+        url_escaped(TOKEN),
+        url_escaped(TOKEN).lower(),
+        "\\u0025" + url_escaped(TOKEN)[1:],  # URL-escaped inside a JSON escape
+    ],
+)
+@responses.activate
+def test_escaped_echoes_of_the_token_are_redacted(client: UtilityAPIClient, echo: str) -> None:
+    """A vendor error echoing the token JSON- or URL-escaped: the decoded type, description
+    and the error's text never hold it."""
+    body = f'{{"error": "bad_{echo}", "error_description": "Authorization: Bearer {echo}"}}'
+    responses.post(URL, body=body, status=401, content_type="application/json")
+    with pytest.raises(AccountError) as caught:
+        client.historical_collection(["m-1"])
+    err = caught.value
+    texts = [err.error, err.description, str(err), repr(err)]
+    assert not [t for t in texts if TOKEN in t or TOKEN in urllib.parse.unquote(t)], texts
+    assert "[redacted]" in err.description
+
+
+@responses.activate
+def test_an_url_escaped_token_in_a_proxy_page_is_redacted_from_the_excerpt(
+    client: UtilityAPIClient,
+) -> None:
+    responses.post(URL, body=f"<p>GET /?access_token={url_escaped(TOKEN)}</p>", status=200)
+    with pytest.raises(BadResponse) as caught:
+        client.historical_collection(["m-1"])
+    assert TOKEN not in urllib.parse.unquote(caught.value.description)
+    assert "access_token=[redacted]" in caught.value.description

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import re
+import unicodedata
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -226,12 +227,14 @@ durations = st.one_of(
 
 def uid_ok(uid: Any) -> bool:
     """The rule, restated: a non-blank string of at most 64 characters with no whitespace
-    (anything str.isspace() says), no control character and no lone surrogate."""
+    (anything str.isspace() says), and nothing invisible or meaningless on screen: no control,
+    format (bidi, zero-width), surrogate, private-use, unassigned or separator character."""
     return (
         isinstance(uid, str)
         and 0 < len(uid) <= 64
         and not any(
-            c.isspace() or ord(c) < 0x20 or c == "\x7f" or 0xD800 <= ord(c) <= 0xDFFF for c in uid
+            c.isspace() or unicodedata.category(c)[0] in "CZ" or ord(c) < 0x20 or c == "\x7f"
+            for c in uid
         )
     )
 

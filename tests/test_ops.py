@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from django.contrib.auth.models import Permission
 from django.core.cache import cache
 from django.db import connection
 from django.test import Client
@@ -63,9 +64,14 @@ def recent(**delta: float) -> datetime:
     return timezone.now() - timedelta(**delta)
 
 
-def staff_client(django_user_model: Any) -> Client:
+def staff_client(django_user_model: Any, username: str = "op", view: bool = True) -> Client:
+    """A staff member's session; with the permission to view collection requests unless
+    `view` is False."""
+    user = django_user_model.objects.create_user(username, is_staff=True)
+    if view:
+        user.user_permissions.add(Permission.objects.get(codename="view_collectionrequest"))
     client = Client()
-    client.force_login(django_user_model.objects.create_user("op", is_staff=True))
+    client.force_login(user)
     return client
 
 
@@ -217,6 +223,21 @@ def test_json_carries_the_figures(django_user_model: Any, redis_db: Any) -> None
     assert data["machinery"]["redis"]["ok"] is True and data["machinery"]["database"]["ok"]
     assert data["panels"]["failures"] == "warn"  # a failure in the last hour
     assert data["state"] == "bad"  # no worker answers in this test
+
+
+def test_staff_without_the_view_permission_see_no_figures(
+    django_user_model: Any, settings: Any
+) -> None:
+    """The figures describe every request: like the API, they need view_collectionrequest;
+    the /metrics bearer token still works without a session."""
+    settings.METRICS_TOKEN = "s3cret-token"
+    client = staff_client(django_user_model, "no-view", view=False)
+    assert client.get("/ops/").status_code == 403
+    refused = client.get("/ops/metrics.json")
+    assert refused.status_code == 403 and "view_collectionrequest" in refused.json()["error"]
+    assert client.get("/metrics").status_code == 401
+    token = Client().get("/metrics", headers={"Authorization": "Bearer s3cret-token"})
+    assert token.status_code == 200
 
 
 # --- Prometheus -----------------------------------------------------------------------------

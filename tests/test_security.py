@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from django.core.exceptions import ValidationError
 from django.urls import Resolver404, resolve, reverse
 from django_celery_results.models import TaskResult
 
@@ -258,3 +259,177 @@ def test_402_fails_one_request_and_pauses_the_others(
     assert len(calls) == 4 and calls[0]["status"] == 402
     assert all(c["at"] >= calls[0]["answered"] + PAUSE_SECONDS - 0.1 for c in calls[1:])
     assert CollectionRequest.objects.get(pk=first.pk).status == "failed"
+
+
+# --- abuse limits -------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_admin_login_is_throttled_after_repeated_failures(
+    django_user_model: Any, settings: Any, redis_db: redis.Redis
+) -> None:
+    """Failed logins are counted in Redis; past the limit even the right password gets a 429
+    with Retry-After, until the window ends."""
+    from django.test import Client
+
+    settings.ADMIN_LOGIN_MAX_FAILURES = 3
+    django_user_model.objects.create_superuser("boss", "boss@example.com", "right-password")
+    url = reverse("admin:login")
+    client = Client()
+    for _ in range(3):
+        assert client.post(url, {"username": "boss", "password": "wrong"}).status_code == 200
+    refused = client.post(url, {"username": "boss", "password": "right-password"})
+    assert refused.status_code == 429 and int(refused["Retry-After"]) > 0
+    assert "_auth_user_id" not in client.session
+    other = Client(REMOTE_ADDR="192.0.2.7")  # another address, same username: still refused
+    assert other.post(url, {"username": "boss", "password": "right-password"}).status_code == 429
+    redis_db.flushdb()  # the window over
+    assert client.post(url, {"username": "boss", "password": "right-password"}).status_code == 302
+
+
+@pytest.mark.django_db
+def test_api_posts_are_rate_limited_per_token(
+    django_user_model: Any, settings: Any, redis_db: redis.Redis
+) -> None:
+    """Past COLLECTIONS_API_POST_RATE a token's POSTs get a 429 in the error shape with
+    Retry-After, and nothing is stored; another token, and reads, are not affected."""
+    from django.contrib.auth.models import Permission
+    from django.test import Client
+
+    from collections_app.services import tokens
+
+    settings.COLLECTIONS_API_POST_RATE = "2/min"
+    user = django_user_model.objects.create_user("caller")
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="collections_app"))
+    first, second = tokens.issue(user)[1], tokens.issue(user)[1]
+
+    def post(token: str) -> Any:
+        return Client().post(
+            "/api/collections/",
+            {"meters": ["m-1"]},
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+    assert [post(first).status_code for _ in range(2)] == [202, 202]
+    limited = post(first)
+    assert limited.status_code == 429 and int(limited["Retry-After"]) > 0
+    assert limited.json()["error"] == "rate_limited" and limited.json()["error_description"]
+    assert CollectionRequest.objects.count() == 2
+    assert post(second).status_code == 202
+    reads = Client().get("/api/collections/", headers={"Authorization": f"Bearer {first}"})
+    assert reads.status_code == 200
+
+
+@pytest.fixture
+def api_token(django_user_model: Any) -> str:
+    from django.contrib.auth.models import Permission
+
+    from collections_app.services import tokens
+
+    user = django_user_model.objects.create_user("poster")
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="collections_app"))
+    return tokens.issue(user)[1]
+
+
+def api_post(token: str, body: bytes, **headers: str) -> Any:
+    from django.test import Client
+
+    return Client().post(
+        "/api/collections/",
+        body,
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {token}", **headers},
+    )
+
+
+@pytest.mark.django_db
+def test_a_body_over_every_limit_is_a_json_413_refused_before_reading(
+    api_token: str, redis_db: redis.Redis
+) -> None:
+    """3 MB (past Django's own default limit): a JSON 413, not Django's HTML 400; the body is
+    never read (the stream would raise)."""
+    from django.conf import settings
+    from django.test import RequestFactory
+
+    from collections_app.api.views import CollectionRequestList
+
+    assert settings.DATA_UPLOAD_MAX_MEMORY_SIZE == settings.COLLECTIONS_API_MAX_BODY_BYTES
+    big = b'{"meters": ["' + b"m" * 3_000_000 + b'"]}'
+    response = api_post(api_token, big)
+    assert response.status_code == 413 and response.json()["error"] == "request_too_large"
+
+    class Unreadable:
+        def read(self, *args: Any) -> bytes:
+            raise AssertionError("the body was read")
+
+        readline = read
+
+    request = RequestFactory().post(
+        "/api/collections/", big, content_type="application/json",
+        headers={"Authorization": f"Bearer {api_token}"},
+    )  # fmt: skip
+    request._stream = Unreadable()
+    refused = CollectionRequestList.as_view()(request)
+    assert refused.status_code == 413
+    assert not CollectionRequest.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("key", ["a\x00b", "a\x01b", "a\x7fb", "clé", "a\tb"])
+def test_an_idempotency_key_must_be_printable_ascii(
+    api_token: str, key: str, redis_db: redis.Redis
+) -> None:
+    response = api_post(api_token, b'{"meters": ["m-1"]}', **{"Idempotency-Key": key})
+    assert response.status_code == 400, response.content
+    assert response.json()["field"] == "idempotency_key"
+    assert not CollectionRequest.objects.exists()
+    with pytest.raises(ValidationError):
+        services.request_collection(["m-1"], idempotency_key=key)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "uid", ["evil\u202etxt.exe", "a\u200bb", "a\u200db", "\ufeffm", "a\u2066b", "a\x85b", "a\ue000",
+            "a\u0378", "a\u3000b", "a\u2028b"],
+)  # fmt: skip
+def test_meter_uids_refuse_invisible_and_direction_changing_characters(uid: str) -> None:
+    with pytest.raises(ValidationError):
+        services.request_collection([uid])
+    assert not CollectionRequest.objects.exists()
+
+
+def test_x_forwarded_proto_is_trusted_only_behind_a_declared_proxy() -> None:
+    code = "from django.conf import settings; print(getattr(settings, 'SECURE_PROXY_SSL_HEADER'))"
+
+    def header(**env: str) -> str:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+        done = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", code], cwd=ROOT, text=True,
+            env={**base, "DJANGO_SETTINGS_MODULE": "project.settings", "DJANGO_DEBUG": "1", **env},
+            capture_output=True, timeout=60,
+        )  # fmt: skip
+        return done.stdout.strip().splitlines()[-1]
+
+    assert header() == "None"
+    assert header(DJANGO_BEHIND_PROXY="1") == "('HTTP_X_FORWARDED_PROTO', 'https')"
+
+
+def test_debug_is_off_unless_asked_for() -> None:
+    """Without DJANGO_DEBUG the settings are production's: no key, no start."""
+    done = check_deploy()
+    assert done.returncode != 0 and "DJANGO_SECRET_KEY must be set" in done.stderr
+
+
+def test_a_real_token_with_a_sandbox_url_refuses_to_start(settings: Any) -> None:
+    from collections_app.client import get_client
+    from collections_app.exceptions import ConfigurationError
+
+    done = check_deploy(**PRODUCTION, UTILITYAPI_BASE_URL="http://sandbox:8765/api/v2")
+    assert done.returncode != 0 and "collections.E001" in done.stderr
+    assert TOKEN not in done.stderr
+    settings.UTILITYAPI_BASE_URL, settings.UTILITYAPI_TOKEN = "http://127.0.0.1:8765/api/v2", TOKEN
+    with pytest.raises(ConfigurationError):
+        get_client()
+    settings.UTILITYAPI_TOKEN = settings.UTILITYAPI_SANDBOX_TOKEN
+    assert get_client().base_url == "http://127.0.0.1:8765/api/v2"

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from rest_framework import exceptions
@@ -25,7 +27,7 @@ ERROR_TYPES: list[tuple[type[exceptions.APIException], str]] = [
     (exceptions.MethodNotAllowed, "method_not_allowed"),
     (exceptions.NotAcceptable, "not_acceptable"),
     (exceptions.UnsupportedMediaType, "unsupported_media_type"),
-    (exceptions.Throttled, "throttled"),
+    (exceptions.Throttled, "rate_limited"),
     (exceptions.ValidationError, "invalid_param"),
 ]
 
@@ -62,6 +64,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     Anything else (a bug) is left to Django: a 500, logged with its traceback."""
     if isinstance(exc, DjangoValidationError):
         exc = ApiError.from_validation(exc)
+    elif isinstance(exc, RequestDataTooBig):  # Django refused to read it (a form body)
+        exc = RequestTooLarge(settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
     elif isinstance(exc, Http404):
         exc = exceptions.NotFound(*exc.args)
     elif isinstance(exc, DjangoPermissionDenied):

@@ -7,7 +7,7 @@ from typing import IO, Any
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError
-from rest_framework.parsers import JSONParser
+from rest_framework.parsers import BaseParser
 
 from .errors import RequestTooLarge
 
@@ -16,9 +16,13 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-class BoundedJSONParser(JSONParser):
+class BoundedJSONParser(BaseParser):
     """JSON bodies up to settings.COLLECTIONS_API_MAX_BODY_BYTES (413 beyond). Malformed,
-    non-UTF-8, NaN/Infinity or absurdly nested JSON is a 400 `invalid_json`."""
+    non-UTF-8, NaN/Infinity or absurdly nested JSON is a 400 `invalid_json`.
+
+    Not a JSONParser subclass: DRF reads the whole body into memory before calling one."""
+
+    media_type = "application/json"
 
     def parse(
         self, stream: IO[bytes], media_type: str | None = None, parser_context: Any = None

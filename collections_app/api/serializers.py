@@ -13,10 +13,42 @@ from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework import serializers
 
 from ..models import MAX_MONTHS, MIN_MONTHS, UID_MAX_LENGTH, CollectionRequest
-from ..validation import UID_PATTERN
+from ..validation import uid_characters_ok
 
 FIELDS = list(CollectionRequest.PUBLIC_FIELDS)
 INPUT_FIELDS = {"meters", "collection_duration"}
+# Planes whose code points are all refused: 4–13 are unassigned, 15–16 private use.
+_REFUSED_PLANES = [(0x40000, 0xDFFFF), (0xF0000, 0x10FFFF)]
+
+
+def _refused_runs() -> list[tuple[int, int]]:
+    """Runs of code points validation refuses in a uid. Surrogates are left out: no pattern
+    engine takes them, and no JSON text is made of them."""
+    runs: list[tuple[int, int]] = []
+    for code in [*range(0xD800), *range(0xE000, 0x40000), *range(0xE0000, 0xF0000)]:
+        if uid_characters_ok(chr(code)):
+            continue
+        if runs and runs[-1][1] == code - 1:
+            runs[-1] = (runs[-1][0], code)
+        else:
+            runs.append((code, code))
+    return runs + _REFUSED_PLANES
+
+
+def _uid_pattern() -> str:
+    """validation's uid rule as a pattern that means the same in JSON Schema (ECMA-262) and in
+    Python: BMP code points as \\uXXXX escapes, astral ones as themselves (no escape is
+    common to both). The length is in the pattern: a separate maxLength makes schema tools
+    rewrite it, spelling astral characters as Python's \\U escapes."""
+
+    def char(code: int) -> str:
+        return f"\\u{code:04x}" if code <= 0xFFFF else chr(code)
+
+    runs = (char(a) if a == b else f"{char(a)}-{char(b)}" for a, b in _refused_runs())
+    return f"^[^{''.join(runs)}]{{1,{UID_MAX_LENGTH}}}$"
+
+
+UID_PATTERN = _uid_pattern()
 
 
 def _uids(help_text: str) -> serializers.ListField:
@@ -45,7 +77,7 @@ class CollectionRequestInputSerializer(serializers.Serializer):
     """POST /api/collections/ body (documentation only; collections_app.validation rules)."""
 
     meters = serializers.ListField(
-        child=serializers.RegexField(UID_PATTERN, max_length=UID_MAX_LENGTH),
+        child=serializers.RegexField(UID_PATTERN),
         min_length=1,
         help_text="Distinct meter uids (strings). At most COLLECTIONS_MAX_METERS_PER_REQUEST.",
     )
@@ -82,5 +114,7 @@ class CollectionRequestInputScheme(OpenApiSerializerExtension):
     def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
         schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
         schema["properties"]["meters"]["uniqueItems"] = True
+        # As written here: drf-spectacular would spell astral characters \U…, unknown to ECMA-262.
+        schema["properties"]["meters"]["items"]["pattern"] = UID_PATTERN
         schema["additionalProperties"] = False
         return schema

@@ -18,6 +18,7 @@ from rest_framework.response import Response
 
 from .. import services
 from ..models import IDEMPOTENCY_KEY_MAX_LENGTH, CollectionRequest, Source, Status
+from ..validation import clean_idempotency_key
 from .auth import API_AUTHENTICATION
 from .errors import ApiError
 from .pagination import NewestFirst
@@ -29,6 +30,7 @@ from .serializers import (
     CollectionRequestSerializer,
     ErrorSerializer,
 )
+from .throttles import PostRateThrottle
 
 ERROR_MEANINGS = {
     400: "Bad input (invalid_param, required_param_missing, invalid_json); nothing stored.",
@@ -38,6 +40,8 @@ ERROR_MEANINGS = {
     413: "Body larger than COLLECTIONS_API_MAX_BODY_BYTES (request_too_large).",
     415: "Body not sent as application/json (unsupported_media_type).",
     422: "Idempotency-Key reused with other meters or duration (idempotency_key_reused).",
+    429: "More POSTs than COLLECTIONS_API_POST_RATE for this token; see Retry-After "
+    "(rate_limited).",
 }
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -52,6 +56,7 @@ class ApiView(generics.GenericAPIView):
     authentication_classes = API_AUTHENTICATION
     permission_classes = [CollectionRequestPermissions]
     parser_classes = [BoundedJSONParser]
+    throttle_classes = [PostRateThrottle]
 
 
 class CollectionRequestList(ApiView, generics.ListAPIView):
@@ -89,9 +94,9 @@ class CollectionRequestList(ApiView, generics.ListAPIView):
         parameters=[
             OpenApiParameter(
                 IDEMPOTENCY_HEADER,
-                {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH},
+                {"type": "string", "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH, "pattern": "^[ -~]*$"},
                 OpenApiParameter.HEADER,
-                description="Any string unique per request (e.g. a UUID); empty means none.",
+                description="Printable ASCII, unique per request (e.g. a UUID); empty means none.",
             ),
             OpenApiParameter(
                 "Location",
@@ -109,12 +114,20 @@ class CollectionRequestList(ApiView, generics.ListAPIView):
                 description="Present when the Idempotency-Key matched an earlier request.",
                 response=[202],
             ),
+            OpenApiParameter(
+                "Retry-After",
+                OpenApiTypes.INT,
+                OpenApiParameter.HEADER,
+                description="Seconds until this token may POST again.",
+                response=[429],
+                required=True,
+            ),
         ],
-        responses={202: CollectionRequestSerializer, **errors(400, 401, 403, 413, 415, 422)},
+        responses={202: CollectionRequestSerializer, **errors(400, 401, 403, 413, 415, 422, 429)},
     )
     def post(self, request: Request) -> Response:
         meters, duration = body_fields(request.data)
-        key = request.headers.get(IDEMPOTENCY_HEADER, "")
+        key = clean_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER, ""))
         started = timezone.now()
         created = trigger(request.user, meters, duration, key)
         url = reverse("collections_api:collection-detail", kwargs={"id": created.pk})
@@ -162,9 +175,8 @@ def trigger(user: Any, meters: Any, duration: Any, key: str) -> CollectionReques
 
 
 def _key_reused(err: ValidationError, user: Any, key: str) -> bool:
-    """The service refused the key itself, and not for its length: it is taken."""
-    too_long = len(key) > IDEMPOTENCY_KEY_MAX_LENGTH
-    if "idempotency_key" not in getattr(err, "error_dict", {}) or too_long:
+    """The service refused the key (already checked well formed): it is taken."""
+    if "idempotency_key" not in getattr(err, "error_dict", {}):
         return False
     return CollectionRequest.objects.filter(requested_by=user, idempotency_key=key).exists()
 
