@@ -12,6 +12,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from . import selectors, services
+from .admin_tracking import MeterProgressInline
 from .api import tokens
 from .forms import CollectionRequestForm
 from .models import ApiToken, Attempt, CollectionRequest, Source, Status
@@ -66,12 +67,19 @@ class CollectionRequestAdmin(admin.ModelAdmin):
         "source",
         "created",
     ]
-    list_filter = ["status", "error", "source", "collection_duration", "created"]
+    list_filter = [
+        "status",
+        "collection_outcome",
+        "error",
+        "source",
+        "collection_duration",
+        "created",
+    ]
     search_fields = ["id", "meters"]
     date_hierarchy = "created"
     list_per_page = 50
     show_full_result_count = False
-    inlines = [AttemptInline]
+    inlines = [MeterProgressInline, AttemptInline]
     actions = ["retry_failed"]
     fields = [*CollectionRequest.PUBLIC_FIELDS, "requested_by", "idempotency_key", "task"]
 

@@ -190,15 +190,24 @@ class UtilityAPIClient:
         return raise_for_answer(response)
 
     def get_json(self, url: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """GET a JSON object (used by the meter sync); errors are typed like the POST's."""
-        full = url if url.startswith(("http://", "https://")) else self.base_url + url
-        response = self._send("GET", full, params=params)
+        """GET a JSON object (the meter sync, tracking); errors are typed like the POST's."""
+        response = self._send("GET", self._full(url), params=params)
         if response.status_code != 200:
             raise_for_answer(response)
         body = _json_object(response)
         if body is None:
             raise BadResponse("bad_response", f"not a JSON object: {_excerpt(response)!r}")
         return body
+
+    def patch_json(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        """PATCH with a JSON body (PATCH /events/{uid}); the answer's object, or {} if none."""
+        response = self._send("PATCH", self._full(url), json=body)
+        if not 200 <= response.status_code < 300:
+            raise_for_answer(response)
+        return _json_object(response) or {}
+
+    def _full(self, url: str) -> str:
+        return url if url.startswith(("http://", "https://")) else self.base_url + url
 
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         try:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from django.db.models import Q, QuerySet
 
 from . import gate
-from .models import CollectionRequest
+from .models import CollectionRequest, MeterProgress
 
 log = logging.getLogger(__name__)
 
@@ -64,3 +64,27 @@ def requests_by_status() -> dict[str, int]:
 
     rows = CollectionRequest.objects.order_by().values("status").annotate(n=Count("pk"))
     return {row["status"]: row["n"] for row in rows}
+
+
+def meters_progress(request: CollectionRequest) -> list[dict[str, object]]:
+    """Per accepted meter, in the order UtilityAPI accepted them: its stage, status and when
+    either last changed (null before anything is known). Reads `meter_progress` prefetched."""
+    rows: dict[str, MeterProgress] = {row.meter: row for row in request.meter_progress.all()}
+    out: list[dict[str, object]] = []
+    for meter in request.accepted_meters or []:
+        row = rows.get(meter)
+        out.append(
+            {
+                "meter": meter,
+                "stage": (row.stage or None) if row else None,
+                "status": (row.status or None) if row else None,
+                "status_message": (row.status_message or None) if row else None,
+                "updated": row.changed if row else None,
+            }
+        )
+    return out
+
+
+def with_progress(queryset: QuerySet) -> QuerySet:
+    """`queryset` with each request's meter progress fetched in one more query."""
+    return queryset.prefetch_related("meter_progress")

@@ -8,7 +8,8 @@ task (the database restarting), with a short backoff.
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from . import delivery, meters, services
+from . import delivery, meters, polling, services
+from .services import tracking
 
 INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, ConnectionError)
 
@@ -45,3 +46,27 @@ def sync_meters() -> dict[str, int]:
     """Periodic (beat): refresh the meter registry from UtilityAPI; returns the counts.
     UtilityAPI's errors are not retried here: the next scheduled run tries again."""
     return meters.sync_meters().as_dict()
+
+
+@shared_task(autoretry_for=INFRASTRUCTURE_ERRORS, retry_backoff=1, max_retries=10)
+def process_events(event_ids: list[int]) -> int:
+    """Apply stored events to the meters' progress (queued by the webhook after it stored them)."""
+    return tracking.process_events(event_ids)
+
+
+@shared_task(autoretry_for=INFRASTRUCTURE_ERRORS, retry_backoff=1, max_retries=10)
+def replay_events(request_ids: list[str]) -> int:
+    """Apply the events that arrived before these requests' acceptance was recorded."""
+    return tracking.replay(request_ids)
+
+
+@shared_task(
+    autoretry_for=INFRASTRUCTURE_ERRORS,
+    retry_backoff=5,
+    max_retries=3,
+    soft_time_limit=1800,
+    time_limit=1860,
+)
+def poll_progress() -> dict[str, int]:
+    """Periodic (beat): read undelivered events and long-unfinished meters from UtilityAPI."""
+    return polling.poll()

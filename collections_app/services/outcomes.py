@@ -19,6 +19,7 @@ from django.utils import timezone
 from ..client import Accepted
 from ..exceptions import PermanentError, Throttled, UtilityAPIError
 from ..models import Attempt, CollectionRequest, Status
+from . import tracking
 from .broker import _dispatch_on_commit
 from .transitions import transition
 
@@ -139,6 +140,7 @@ def record_outcome(
         for request in batch:
             _apply(request, outcome, now)
         _save_and_schedule(batch, OUTCOME_FIELDS)
+        tracking.begin(batch)  # follow the accepted meters' collection to its end
 
 
 OUTCOME_FIELDS = [
