@@ -133,7 +133,7 @@ def test_unfinished_meters_are_read_a_thousand_at_a_time(vendor: Any) -> None:
     counts = polling.poll()
     asked = [c.request.params["uids"].split(",") for c in vendor.calls[1:]]
     assert [len(a) for a in asked] == [1000, 1000, 500]
-    assert sorted(sum(asked, [])) == sorted(uids)
+    assert sorted(u for batch in asked for u in batch) == sorted(uids)
     assert counts["meters_polled"] == 2500 and counts["meters_changed"] == 2500
     outcomes = dict(
         CollectionRequest.objects.exclude(collection_outcome=None).values_list(
