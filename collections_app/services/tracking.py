@@ -175,36 +175,42 @@ def process_events(ids: Iterable[int] | None = None) -> int:
 
 
 def apply_events(events: Sequence[Event]) -> set[Any]:
-    """Fold each meter event into the progress rows it belongs to; the ids of the requests
-    touched. Inside the caller's transaction."""
-    touched: set[Any] = set()
-    now = timezone.now()
-    for event in events:
-        stage = stage_of(event.type)
-        if stage is None or not event.meter_uid:
-            continue  # stored, and that is all (ping, authorization_*, meter_bills_added, …)
-        when = event.ts or event.received_at
-        for row in _open_rows(event.meter_uid, when):
-            if _takes_stage(row, stage, when):
-                row.stage, row.stage_ts, row.stage_changed = stage, when, now
-                _save(row, now)
-                touched.add(row.request_id)
-    return touched
+    """Fold the meter events, in the order of their own times, into the progress rows they
+    belong to; the ids of the requests touched. Inside the caller's transaction: the rows are
+    read (locked) in one query and written back in one."""
+    staged = [(e, stage_of(e.type)) for e in events if e.meter_uid and stage_of(e.type)]
+    if not staged:
+        return set()  # stored, and that is all (ping, authorization_*, meter_bills_added, …)
+    staged.sort(key=lambda pair: (_when(pair[0]), pair[0].pk or 0))
+    rows = _open_rows({e.meter_uid for e, _ in staged})
+    now, changed = timezone.now(), {}
+    for event, stage in staged:
+        when = _when(event)
+        for row in rows.get(event.meter_uid, []):
+            if row.accepted_at <= when + CLOCK_SKEW and _takes_stage(row, stage or "", when):
+                row.stage, row.stage_ts, row.stage_changed = stage or "", when, now
+                changed[row.pk] = _with_result(row, now)
+    MeterProgress.objects.bulk_update(changed.values(), PROGRESS_FIELDS, batch_size=500)
+    return {row.request_id for row in changed.values()}
 
 
-def _open_rows(meter: str, when: datetime) -> list[MeterProgress]:
-    """This meter's progress rows that an event of time `when` can belong to: accepted
-    before it (give or take CLOCK_SKEW), of requests without an outcome yet (an outcome is
-    final, and so is the record behind it). Locked, in a fixed order (no deadlocks)."""
-    return list(
+def _when(event: Event) -> datetime:
+    return event.ts or event.received_at
+
+
+def _open_rows(meters: Iterable[str]) -> dict[str, list[MeterProgress]]:
+    """The progress rows of these meters that events can still change: of requests without
+    an outcome yet (an outcome is final, and so is the record behind it). Locked, in a fixed
+    order (no deadlocks); by meter."""
+    rows: dict[str, list[MeterProgress]] = {}
+    query = (
         MeterProgress.objects.select_for_update(of=("self",))
-        .filter(
-            meter=meter,
-            accepted_at__lte=when + CLOCK_SKEW,
-            request__collection_outcome__isnull=True,
-        )
+        .filter(meter__in=list(meters), request__collection_outcome__isnull=True)
         .order_by("pk")
     )
+    for row in query:
+        rows.setdefault(row.meter, []).append(row)
+    return rows
 
 
 def _takes_stage(row: MeterProgress, stage: str, when: datetime) -> bool:
@@ -215,14 +221,31 @@ def _takes_stage(row: MeterProgress, stage: str, when: datetime) -> bool:
     return not (row.stage in FINISHED_STAGES and stage not in FINISHED_STAGES)
 
 
-def _save(row: MeterProgress, now: datetime) -> None:
-    """Save a changed row with its result: a finished stage first, else a fresh finished
+PROGRESS_FIELDS = [
+    "stage",
+    "stage_ts",
+    "stage_changed",
+    "status",
+    "status_message",
+    "status_ts",
+    "status_changed",
+    "bill_count",
+    "interval_count",
+    "result",
+    "finished_at",
+    "polled_at",
+    "changed",
+]
+
+
+def _with_result(row: MeterProgress, now: datetime) -> MeterProgress:
+    """The changed row with its result: a finished stage first, else a fresh finished
     status; once finished it never goes back to collecting."""
     result = FINISHED_STAGES.get(row.stage) or _status_result(row) or row.result
     if result and not row.result:
         row.finished_at = now
     row.result, row.changed = result, now
-    row.save()
+    return row
 
 
 def _status_result(row: MeterProgress) -> str:
@@ -239,23 +262,22 @@ def apply_meters(items: Sequence[Any], asked: Sequence[str]) -> int:
     Returns how many progress rows changed."""
     now = timezone.now()
     by_uid = {_uid_text(m.get("uid")): m for m in items if isinstance(m, dict)}
-    changed, touched = 0, set()
     with transaction.atomic():
         rows = (
             MeterProgress.objects.select_for_update(of=("self",))
             .filter(meter__in=list(asked), result="", request__collection_outcome__isnull=True)
             .order_by("pk")
         )
+        changed, seen = [], []
         for row in rows:
+            seen.append(row.pk)
             row.polled_at = now
             if row.meter in by_uid and _take_status(row, by_uid[row.meter], now):
-                changed += 1
-                touched.add(row.request_id)
-                _save(row, now)
-            else:
-                row.save(update_fields=["polled_at"])
-        settle(touched)
-    return changed
+                changed.append(_with_result(row, now))
+        MeterProgress.objects.bulk_update(changed, PROGRESS_FIELDS, batch_size=500)
+        MeterProgress.objects.filter(pk__in=seen).update(polled_at=now)
+        settle({row.request_id for row in changed})
+    return len(changed)
 
 
 def _take_status(row: MeterProgress, meter: dict[str, Any], now: datetime) -> bool:
@@ -351,8 +373,8 @@ def outcome_of(successful: int, errored: int) -> str:
 
 def settle(request_ids: Iterable[Any]) -> list[Any]:
     """Give each of these requests whose accepted meters have all finished its outcome,
-    once (an UPDATE guarded by collection_outcome IS NULL), and send `collection_finished`
-    after commit. Returns the ids that got an outcome now."""
+    once (an UPDATE guarded by collection_outcome IS NULL, on rows locked first), and send
+    `collection_finished` after commit. Returns the ids that got an outcome now."""
     ids = list(request_ids)
     if not ids:
         return []
@@ -366,15 +388,21 @@ def settle(request_ids: Iterable[Any]) -> list[Any]:
             errored=Count("pk", filter=Q(result=MeterResult.ERRORED)),
         )
     )
-    now, finished = timezone.now(), []
+    by_outcome: dict[str, list[Any]] = {}
     for row in counts:
-        if row["collecting"]:
-            continue
-        outcome = outcome_of(row["successful"], row["errored"])
-        if CollectionRequest.objects.filter(
-            pk=row["request_id"], status=Status.PENDING, collection_outcome__isnull=True
-        ).update(collection_outcome=outcome, collection_finished_at=now, updated=now):
-            finished.append(row["request_id"])
+        if not row["collecting"]:
+            outcome = outcome_of(row["successful"], row["errored"])
+            by_outcome.setdefault(outcome, []).append(row["request_id"])
+    now, finished = timezone.now(), []
+    for outcome, group in by_outcome.items():
+        open_ = CollectionRequest.objects.filter(
+            pk__in=group, status=Status.PENDING, collection_outcome__isnull=True
+        )
+        locked = list(open_.select_for_update().order_by("pk").values_list("pk", flat=True))
+        open_.filter(pk__in=locked).update(
+            collection_outcome=outcome, collection_finished_at=now, updated=now
+        )
+        finished += locked
     if finished:
         transaction.on_commit(lambda: _announce(finished))
     return finished
