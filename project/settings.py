@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "django_celery_results",
     "django_celery_beat",
     "collections_app",
+    "sandbox",  # dev tooling: the UtilityAPI stand-in and sample data; the product never imports it
 ]
 
 MIDDLEWARE = [

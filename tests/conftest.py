@@ -52,7 +52,8 @@ def redis_db() -> Iterator[redis.Redis]:
 @pytest.fixture
 def sandbox(settings: Any) -> Iterator[Any]:
     """The UtilityAPI sandbox on an ephemeral loopback port, and settings pointing at it."""
-    from collections_app.sandbox import SandboxServer, SandboxState
+    from sandbox.server import SandboxServer
+    from sandbox.state import SandboxState
 
     server = SandboxServer(SandboxState("sandbox-token"))
     server.start_in_thread()

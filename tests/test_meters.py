@@ -41,7 +41,7 @@ CONFIRMATION = "collections_app/meter_trigger_confirmation.html"
 
 def sandbox_flags(i: int) -> tuple[bool, bool]:
     """(revoked, expired) of the sandbox's meter i: every 20th authorization of 10 meters is
-    revoked, the one before it expired (collections_app/sandbox.py)."""
+    revoked, the one before it expired (sandbox/state.py)."""
     auth = i // 10
     return auth % 20 == 19, auth % 20 == 18
 

@@ -22,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from collections_app import gate, services
 from collections_app.models import Attempt, CollectionRequest, Status
-from collections_app.ops import figures, metrics, prometheus, sample
+from collections_app.ops import figures, metrics, prometheus
+from sandbox import sample
 
 pytestmark = pytest.mark.django_db
 

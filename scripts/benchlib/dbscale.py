@@ -96,13 +96,13 @@ def _time_get(client: Any, url: str, samples: int) -> dict[str, Any]:
 
 def build(requests: int, attempts_each: int) -> str:
     """The ops app's sample-data builder when there is one, else a plain bulk_create."""
-    if importlib.util.find_spec("collections_app.ops.sample"):
-        from collections_app.ops import sample
+    if importlib.util.find_spec("sandbox.sample"):
+        from sandbox import sample
 
         builder = getattr(sample, "build", None)
         if callable(builder):
             builder(requests=requests, attempts_per_request=attempts_each)
-            return "collections_app.ops.sample.build"
+            return "sandbox.sample.build"
     _bulk_build(requests, attempts_each)
     return "scripts/benchlib/dbscale.py (bulk_create)"
 

@@ -11,7 +11,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from collections_app.ops import figures, metrics, sample
+from collections_app.ops import figures, metrics
+from sandbox import sample
 
 
 class Command(BaseCommand):

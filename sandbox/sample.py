@@ -19,8 +19,8 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from ..models import Attempt, CollectionRequest, Source, Status
-from ..services import lease_seconds
+from collections_app.models import Attempt, CollectionRequest, Source, Status
+from collections_app.services import lease_seconds
 
 # error type, HTTP status, the vendor's (or the service's) description
 FAILURES = [
