@@ -190,7 +190,7 @@ def apply_events(events: Sequence[Event]) -> set[Any]:
             if row.accepted_at <= when + CLOCK_SKEW and _takes_stage(row, stage or "", when):
                 row.stage, row.stage_ts, row.stage_changed = stage or "", when, now
                 changed[row.pk] = _with_result(row, now)
-    MeterProgress.objects.bulk_update(changed.values(), PROGRESS_FIELDS, batch_size=500)
+    _write(changed.values(), STAGE_FIELDS)
     return {row.request_id for row in changed.values()}
 
 
@@ -221,21 +221,26 @@ def _takes_stage(row: MeterProgress, stage: str, when: datetime) -> bool:
     return not (row.stage in FINISHED_STAGES and stage not in FINISHED_STAGES)
 
 
-PROGRESS_FIELDS = [
-    "stage",
-    "stage_ts",
-    "stage_changed",
+RESULT_FIELDS = ["result", "finished_at", "changed"]
+STAGE_FIELDS = ["stage", "stage_ts", "stage_changed", *RESULT_FIELDS]
+STATUS_FIELDS = [
     "status",
     "status_message",
     "status_ts",
     "status_changed",
     "bill_count",
     "interval_count",
-    "result",
-    "finished_at",
-    "polled_at",
-    "changed",
+    *RESULT_FIELDS,
 ]
+
+
+def _write(rows: Iterable[MeterProgress], fields: list[str]) -> None:
+    """Save `fields` of these (existing, locked) rows in one statement: INSERT … ON CONFLICT
+    (id) DO UPDATE. bulk_update wrote a CASE per field and row: about a second of CPU per
+    hundred rows; a row at a time, a round trip each."""
+    MeterProgress.objects.bulk_create(
+        list(rows), update_conflicts=True, unique_fields=["id"], update_fields=fields
+    )
 
 
 def _with_result(row: MeterProgress, now: datetime) -> MeterProgress:
@@ -274,7 +279,7 @@ def apply_meters(items: Sequence[Any], asked: Sequence[str]) -> int:
             row.polled_at = now
             if row.meter in by_uid and _take_status(row, by_uid[row.meter], now):
                 changed.append(_with_result(row, now))
-        MeterProgress.objects.bulk_update(changed, PROGRESS_FIELDS, batch_size=500)
+        _write(changed, STATUS_FIELDS)
         MeterProgress.objects.filter(pk__in=seen).update(polled_at=now)
         settle({row.request_id for row in changed})
     return len(changed)
