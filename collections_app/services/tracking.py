@@ -178,7 +178,7 @@ def apply_events(events: Sequence[Event]) -> set[Any]:
     """Fold the meter events, in the order of their own times, into the progress rows they
     belong to; the ids of the requests touched. Inside the caller's transaction: the rows are
     read (locked) in one query and written back in one."""
-    staged = [(e, stage_of(e.type)) for e in events if e.meter_uid and stage_of(e.type)]
+    staged = [(e, stage) for e in events if e.meter_uid and (stage := stage_of(e.type))]
     if not staged:
         return set()  # stored, and that is all (ping, authorization_*, meter_bills_added, …)
     staged.sort(key=lambda pair: (_when(pair[0]), pair[0].pk or 0))
@@ -187,8 +187,8 @@ def apply_events(events: Sequence[Event]) -> set[Any]:
     for event, stage in staged:
         when = _when(event)
         for row in rows.get(event.meter_uid, []):
-            if row.accepted_at <= when + CLOCK_SKEW and _takes_stage(row, stage or "", when):
-                row.stage, row.stage_ts, row.stage_changed = stage or "", when, now
+            if row.accepted_at <= when + CLOCK_SKEW and _takes_stage(row, stage, when):
+                row.stage, row.stage_ts, row.stage_changed = stage, when, now
                 changed[row.pk] = _with_result(row, now)
     _write(changed.values(), STAGE_FIELDS)
     return {row.request_id for row in changed.values()}
