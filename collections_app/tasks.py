@@ -54,12 +54,6 @@ def process_events(event_ids: list[int]) -> int:
     return tracking.process_events(event_ids)
 
 
-@shared_task(autoretry_for=INFRASTRUCTURE_ERRORS, retry_backoff=1, max_retries=10)
-def replay_events(request_ids: list[str]) -> int:
-    """Apply the events that arrived before these requests' acceptance was recorded."""
-    return tracking.replay(request_ids)
-
-
 @shared_task(
     autoretry_for=INFRASTRUCTURE_ERRORS,
     retry_backoff=5,

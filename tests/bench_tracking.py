@@ -68,11 +68,13 @@ def web(sandbox: Any) -> Iterator[str]:
         except requests.RequestException:
             return False
 
-    wait_until(up, timeout=30, interval=0.2)
-    yield url
-    process.terminate()
-    process.wait(15)
-    log.unlink(missing_ok=True)
+    try:
+        wait_until(up, timeout=60, interval=0.2)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(15)
+        log.unlink(missing_ok=True)
 
 
 def accepted(meters: list[str]) -> CollectionRequest:

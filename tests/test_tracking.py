@@ -194,14 +194,16 @@ def test_outcome_is_set_once(
     assert progress(request)["m-2"].stage == "finished_errored"  # the record is final too
 
 
-def test_events_before_acceptance_are_replayed() -> None:
-    """A webhook can beat the POST's answer: the event waits for the row, then applies."""
+def test_events_before_acceptance_are_replayed(django_capture_on_commit_callbacks: Any) -> None:
+    """A webhook can beat the POST's answer: the event waits for the row, then applies once
+    the acceptance commits."""
     deliver(event("e1", "started", "m-1", -1), event("e2", "finished_successful", "m-1", 0))
-    request = accepted("m-1")
-    assert progress(request)["m-1"].stage == ""
-    assert tracking.replay([request.pk]) == 2
+    with django_capture_on_commit_callbacks(execute=True):
+        request = accepted("m-1")
+        assert progress(request)["m-1"].stage == ""  # not before the commit
     request.refresh_from_db()
     assert request.collection_outcome == CollectionOutcome.COLLECTED
+    assert progress(request)["m-1"].stage == "finished_successful"
 
 
 def test_events_of_an_earlier_collection_do_not_apply() -> None:
@@ -209,7 +211,8 @@ def test_events_of_an_earlier_collection_do_not_apply() -> None:
     tracking.receive([old], EventSource.POLL)
     request = accepted("m-1")
     tracking.process_events()
-    assert tracking.replay([request.pk]) == 1  # looked at, and left alone: too old
+    since = progress(request)["m-1"].accepted_at
+    assert tracking.replay(["m-1"], since=since) == 1  # looked at, and left alone: too old
     assert progress(request)["m-1"].stage == ""
 
 

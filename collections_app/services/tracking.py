@@ -326,8 +326,9 @@ def meters_to_poll(now: datetime, older_than: timedelta) -> list[str]:
 
 def begin(batch: Sequence[CollectionRequest]) -> None:
     """Start following the accepted meters of the batch's newly pending requests: one
-    progress row each. Inside the caller's transaction; events that got here before the
-    rows did are applied again by a task once it commits."""
+    progress row each. Inside the caller's transaction; once it commits, events that got
+    here before the rows did are applied (a failure there is logged, never raised: the POST's
+    outcome is recorded by then, and the meter poll is the safety net)."""
     now = timezone.now()
     pending = [r for r in batch if r.status == Status.PENDING and r.accepted_meters]
     rows = [
@@ -338,33 +339,19 @@ def begin(batch: Sequence[CollectionRequest]) -> None:
     if not rows:
         return
     MeterProgress.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
-    ids = [r.pk for r in pending]
-    transaction.on_commit(lambda: _enqueue_replay(ids))
+    meters = list({row.meter for row in rows})
+    transaction.on_commit(lambda: replay(meters, since=now), robust=True)
 
 
-def _enqueue_replay(ids: list[Any]) -> None:
-    from ..tasks import replay_events
-
-    try:
-        replay_events.delay([str(pk) for pk in ids])
-    except Exception as err:  # the meter poll is the safety net for early events
-        log.warning("broker unavailable (%s): early events of %d request(s)", err, len(ids))
-
-
-def replay(request_ids: Sequence[Any]) -> int:
-    """Apply again the events of these requests' meters stored since just before their
-    acceptance (a webhook can beat the POST's answer); returns how many were looked at."""
-    rows = MeterProgress.objects.filter(request_id__in=list(request_ids), result="")
-    earliest = rows.order_by("accepted_at").values_list("accepted_at", flat=True).first()
-    if earliest is None:
-        return 0
-    meters = list(rows.values_list("meter", flat=True).distinct())
-    events = Event.objects.filter(
-        meter_uid__in=meters, received_at__gte=earliest - CLOCK_SKEW
-    ).order_by("ts", "pk")
+def replay(meters: Sequence[str], since: datetime) -> int:
+    """Apply again the events of these meters stored since just before `since` (their
+    acceptance): a webhook can beat the POST's answer. One query when there are none, as
+    usual; returns how many were looked at."""
+    events = Event.objects.filter(meter_uid__in=list(meters), received_at__gte=since - CLOCK_SKEW)
     with transaction.atomic():
-        found = list(events)
-        settle(apply_events(found))
+        found = list(events.order_by("ts", "pk"))
+        if found:
+            settle(apply_events(found))
     return len(found)
 
 
