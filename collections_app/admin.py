@@ -20,7 +20,12 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from . import request_page, selectors, services
+from . import (
+    admin_tracking,  # noqa: F401  (events and tracking calls)
+    request_page,
+    selectors,
+    services,
+)
 from .forms import CollectionRequestForm
 from .models import ApiToken, CollectionRequest, Source, Status
 from .permissions import may_trigger
@@ -52,7 +57,14 @@ class CollectionRequestAdmin(admin.ModelAdmin):
         "source",
         "created",
     ]
-    list_filter = ["status", "error", "source", "collection_duration", "created"]
+    list_filter = [
+        "status",
+        "collection_outcome",
+        "error",
+        "source",
+        "collection_duration",
+        "created",
+    ]
     search_fields = ["id", "meters"]
     date_hierarchy = "created"
     list_per_page = 50

@@ -199,8 +199,7 @@ class UtilityAPIClient:
     def get_json(self, url: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """GET a JSON object (a path under the base URL, or a full URL such as a page's
         `next`); errors are typed like the POST's."""
-        full = url if url.startswith(("http://", "https://")) else self.base_url + url
-        response = self._send("GET", full, params=params)
+        response = self._send("GET", self._full(url), params=params)
         if response.status_code != 200:
             parse_answer(response)  # raises the typed error
         body = _json_object(response)
@@ -222,6 +221,16 @@ class UtilityAPIClient:
             where = urlsplit(nxt).path
             raise BadResponse("bad_response", f"{endpoint} paging does not end ({where} again)")
         return nxt
+
+    def patch_json(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        """PATCH with a JSON body (PATCH /events/{uid}); the answer's object, or {} if none."""
+        response = self._send("PATCH", self._full(url), json=body)
+        if not 200 <= response.status_code < 300:
+            parse_answer(response)  # raises the typed error
+        return _json_object(response) or {}
+
+    def _full(self, url: str) -> str:
+        return url if url.startswith(("http://", "https://")) else self.base_url + url
 
     @telemetry.observed
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:

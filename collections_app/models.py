@@ -20,6 +20,14 @@ class Status(models.TextChoices):
     FAILED = "failed", "Failed"  # UtilityAPI refused it, or retries ran out
 
 
+class CollectionOutcome(models.TextChoices):
+    """How the vendor's collection ended, once every accepted meter has finished."""
+
+    COLLECTED = "collected", "Collected"  # every accepted meter finished successfully
+    PARTIALLY_COLLECTED = "partially_collected", "Partially collected"  # some did, some errored
+    COLLECTION_ERRORED = "collection_errored", "Collection errored"  # none did
+
+
 class Source(models.TextChoices):
     ADMIN = "admin", "Admin"
     API = "api", "API"
@@ -34,7 +42,7 @@ class CollectionRequest(models.Model):
     PUBLIC_FIELDS = (
         "id", "status", "meters", "collection_duration", "accepted_meters", "ignored_meters",
         "attempts", "next_attempt_at", "error", "error_description", "last_http_status",
-        "source", "created", "updated",
+        "source", "created", "updated", "collection_outcome", "collection_finished_at",
     )  # fmt: skip
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -72,6 +80,18 @@ class CollectionRequest(models.Model):
     task_id = models.CharField(max_length=255, blank=True, editable=False)
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
+    # Set once, when every accepted meter's collection has finished (services/tracking.py);
+    # null until then, as the API shows it.
+    collection_outcome = models.CharField(  # noqa: DJ001
+        max_length=32,
+        choices=CollectionOutcome,
+        null=True,
+        blank=True,
+        help_text="Null while an accepted meter is still collecting, then how it ended.",
+    )
+    collection_finished_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the last accepted meter finished."
+    )
 
     class Meta:
         ordering = ["-created"]
@@ -96,6 +116,11 @@ class CollectionRequest(models.Model):
             models.Index(fields=["status", "-created"], name="status_created"),
             models.Index(fields=["-created"], name="created_desc"),
             models.Index(fields=["error"], condition=Q(status="failed"), name="failed_error"),
+            models.Index(
+                fields=["collection_finished_at"],
+                condition=Q(collection_finished_at__isnull=False),
+                name="collection_finished",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -176,3 +201,110 @@ class Meter(models.Model):
 
 # A meter the bulk trigger collects: its authorization live, the meter not archived.
 COLLECTABLE = Q(authorization_revoked=False, authorization_expired=False, is_archived=False)
+
+
+# --- collection tracking (services/tracking.py) -----------------------------------------------
+
+
+class MeterResult(models.TextChoices):
+    """Where one accepted meter's collection stands, derived from its stage and status."""
+
+    COLLECTING = "", "Collecting"
+    SUCCESSFUL = "successful", "Successful"
+    ERRORED = "errored", "Errored"
+
+
+class MeterProgress(models.Model):
+    """One accepted meter of one request: the vendor's progress on collecting it.
+
+    `stage` is the suffix of the latest meter_historical_collection_* event (by the event's
+    own time, `stage_ts`); `status` and the counts come from GET /meters. Unknown values are
+    kept as they come."""
+
+    request = models.ForeignKey(
+        CollectionRequest, on_delete=models.CASCADE, related_name="meter_progress"
+    )
+    meter = models.CharField(max_length=64)
+    accepted_at = models.DateTimeField(help_text="When UtilityAPI accepted the request.")
+    stage = models.CharField(max_length=64, blank=True)
+    stage_ts = models.DateTimeField(null=True, blank=True, help_text="The stage event's time.")
+    stage_changed = models.DateTimeField(null=True, blank=True)
+    status = models.CharField(max_length=32, blank=True)
+    status_message = models.TextField(blank=True)
+    status_ts = models.DateTimeField(null=True, blank=True)
+    status_changed = models.DateTimeField(null=True, blank=True)
+    bill_count = models.PositiveIntegerField(null=True, blank=True)
+    interval_count = models.PositiveIntegerField(null=True, blank=True)
+    result = models.CharField(max_length=16, choices=MeterResult, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    polled_at = models.DateTimeField(null=True, blank=True, help_text="Last GET /meters read.")
+    changed = models.DateTimeField(help_text="When anything above last changed.")
+
+    class Meta:
+        ordering = ["request", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["request", "meter"], name="one_progress_per_meter"),
+        ]
+        indexes = [
+            models.Index(fields=["meter"], condition=Q(result=""), name="progress_collecting"),
+            models.Index(fields=["accepted_at"], condition=Q(result=""), name="progress_oldest"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.meter}: {self.stage or '-'} / {self.status or '-'}"
+
+
+class EventSource(models.TextChoices):
+    WEBHOOK = "webhook", "Webhook"
+    POLL = "poll", "GET /events"
+
+
+class Event(models.Model):
+    """One UtilityAPI event, stored once by its uid however often it arrives."""
+
+    uid = models.CharField(max_length=255, unique=True)
+    type = models.CharField(max_length=100)
+    ts = models.DateTimeField(null=True, blank=True, help_text="The event's own time.")
+    meter_uid = models.CharField(max_length=64, blank=True)
+    authorization_uid = models.CharField(max_length=64, blank=True)
+    raw = models.JSONField(help_text="The vendor's object, as received.")
+    via = models.CharField(max_length=16, choices=EventSource)
+    received_at = models.DateTimeField()
+    processed_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_at = models.DateTimeField(
+        null=True, blank=True, help_text="Marked delivered with PATCH /events/{uid}."
+    )
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [
+            models.Index(
+                fields=["received_at"], condition=Q(processed_at=None), name="unprocessed"
+            ),
+            models.Index(fields=["meter_uid", "received_at"], name="event_meter_received"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.uid} ({self.type})"
+
+
+class VendorCall(models.Model):
+    """One tracking call to UtilityAPI (GET /events, GET /meters, PATCH /events/{uid})."""
+
+    method = models.CharField(max_length=8)
+    endpoint = models.CharField(max_length=64, help_text="The path, ids left out.")
+    started = models.DateTimeField()
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    status_code = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Empty when no HTTP answer came (timeout, network)."
+    )
+    items = models.PositiveIntegerField(default=0, help_text="Events or meters it carried.")
+    error = models.CharField(max_length=64, blank=True)
+    error_description = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started", "-id"]
+        indexes = [models.Index(fields=["started"], name="vendor_call_started")]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.endpoint} → {self.status_code or self.error}"

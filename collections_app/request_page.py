@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from . import selectors
 from .models import CollectionRequest, Meter, Status
 
 STATUS_COLOURS = {Status.SUBMITTED: "#417690", Status.PENDING: "#2a7a2a", Status.FAILED: "#ba2121"}
@@ -41,12 +42,17 @@ def meter_rows(request: CollectionRequest) -> list[MeterRow]:
     """One row per asked meter, in the order asked, with its registry row (one query)."""
     accepted, ignored = set(request.accepted_meters or []), set(request.ignored_meters or [])
     in_registry = dict(Meter.objects.filter(uid__in=request.meters).values_list("uid", "pk"))
-    progress = getattr(request, "meters_progress", None) or {}
+    progress = {p["meter"]: _progress_text(p) for p in selectors.meters_progress(request)}
     rows = []
     for uid in request.meters:
         state = "accepted" if uid in accepted else "ignored" if uid in ignored else "asked"
         rows.append(MeterRow(uid, state, in_registry.get(uid), progress.get(uid)))
     return rows
+
+
+def _progress_text(progress: dict[str, Any]) -> str:
+    """ "finished_successful · updated": the collection's stage and the meter's status."""
+    return " · ".join(str(v) for v in (progress["stage"], progress["status"]) if v) or "-"
 
 
 def timeline(request: CollectionRequest) -> list[Event]:

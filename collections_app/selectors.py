@@ -11,6 +11,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 
 from .gate import pauses
+from .models import CollectionRequest, MeterProgress
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +52,27 @@ def parse_sweep_record(raw: bytes | str | None) -> dict[str, Any] | None:
         return {**data, "at": float(data["at"])}
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def meters_progress(request: CollectionRequest) -> list[dict[str, object]]:
+    """Per accepted meter, in the order UtilityAPI accepted them: its stage, status and when
+    either last changed (null before anything is known). Reads `meter_progress` prefetched."""
+    rows: dict[str, MeterProgress] = {row.meter: row for row in request.meter_progress.all()}
+    out: list[dict[str, object]] = []
+    for meter in request.accepted_meters or []:
+        row = rows.get(meter)
+        out.append(
+            {
+                "meter": meter,
+                "stage": (row.stage or None) if row else None,
+                "status": (row.status or None) if row else None,
+                "status_message": (row.status_message or None) if row else None,
+                "updated": row.changed if row else None,
+            }
+        )
+    return out
+
+
+def with_progress(queryset: QuerySet) -> QuerySet:
+    """`queryset` with each request's meter progress fetched in one more query."""
+    return queryset.prefetch_related("meter_progress")

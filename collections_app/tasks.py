@@ -9,8 +9,8 @@ from celery import shared_task
 from celery.exceptions import Ignore
 from django.db import InterfaceError, OperationalError
 
-from . import delivery, services, sync_jobs
-from .services import registry
+from . import delivery, polling, services, sync_jobs
+from .services import registry, tracking
 
 INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, ConnectionError)
 
@@ -62,3 +62,21 @@ def sync_meters(self) -> dict[str, int]:
     finally:
         if task_id:
             sync_jobs.finished(task_id)
+
+
+@shared_task(autoretry_for=INFRASTRUCTURE_ERRORS, retry_backoff=1, max_retries=10)
+def process_events(event_ids: list[int]) -> int:
+    """Apply stored events to the meters' progress (queued by the webhook after it stored them)."""
+    return tracking.process_events(event_ids)
+
+
+@shared_task(
+    autoretry_for=INFRASTRUCTURE_ERRORS,
+    retry_backoff=5,
+    max_retries=3,
+    soft_time_limit=1800,
+    time_limit=1860,
+)
+def poll_progress() -> dict[str, int]:
+    """Periodic (beat): read undelivered events and long-unfinished meters from UtilityAPI."""
+    return polling.poll()

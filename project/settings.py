@@ -174,6 +174,20 @@ COLLECTIONS_PRICE_FLAT_12 = env_float("COLLECTIONS_PRICE_FLAT_12", 12.00)
 # A bulk trigger whose estimate may exceed this many dollars asks for the meter count typed.
 COLLECTIONS_CONFIRM_TYPED_ABOVE = env_float("COLLECTIONS_CONFIRM_TYPED_ABOVE", 1000)
 
+# --- Collection tracking (docs/tracking.md) ---------------------------------------------------
+# The account's webhook secret; unset, POST /webhooks/utilityapi/ answers 404 (off, not open).
+UTILITYAPI_WEBHOOK_SECRET = os.environ.get("UTILITYAPI_WEBHOOK_SECRET", "")
+# Webhook bodies larger than this are refused with 413 before they are parsed.
+COLLECTIONS_WEBHOOK_MAX_BODY_BYTES = env_int(
+    "COLLECTIONS_WEBHOOK_MAX_BODY_BYTES", 1024 * 1024, minimum=1
+)
+# How often GET /events?is_delivered=false is read for events a webhook missed.
+COLLECTIONS_EVENTS_POLL_SECONDS = env_int("COLLECTIONS_EVENTS_POLL_SECONDS", 300, minimum=1)
+# A meter still collecting this long after acceptance is read with GET /meters?uids=.
+COLLECTIONS_METER_POLL_AFTER_SECONDS = env_int(
+    "COLLECTIONS_METER_POLL_AFTER_SECONDS", 3600, minimum=0
+)
+
 # --- Meter registry (docs/meters.md) ----------------------------------------------------------
 METERS_SYNC_INTERVAL_SECONDS = env_int("METERS_SYNC_INTERVAL_SECONDS", 3600, minimum=1)
 # The longest Retry-After or fleet pause a sync waits out; a longer one stops it until its next run.
@@ -239,6 +253,11 @@ CELERY_BEAT_SCHEDULE = {
         # A sync still queued when the next one is due is dropped, not piled up
         # (https://docs.celeryq.dev/en/stable/userguide/calling.html#expiration).
         "options": {"expires": float(METERS_SYNC_INTERVAL_SECONDS)},
+    },
+    "poll-collection-progress": {
+        "task": "collections_app.tasks.poll_progress",
+        "schedule": float(COLLECTIONS_EVENTS_POLL_SECONDS),
+        "options": {"expires": float(COLLECTIONS_EVENTS_POLL_SECONDS)},
     },
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

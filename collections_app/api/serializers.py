@@ -10,12 +10,14 @@ from typing import Any
 
 from django.conf import settings
 from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from .. import selectors
 from ..models import MAX_MONTHS, MIN_MONTHS, UID_MAX_LENGTH, CollectionRequest
 from ..validation import uid_characters_ok
 
-FIELDS = list(CollectionRequest.PUBLIC_FIELDS)
+FIELDS = [*CollectionRequest.PUBLIC_FIELDS, "meters_progress"]
 INPUT_FIELDS = {"meters", "collection_duration"}
 # Planes whose code points are all refused: 4–13 are unassigned, 15–16 private use.
 _REFUSED_PLANES = [(0x40000, 0xDFFFF), (0xF0000, 0x10FFFF)]
@@ -55,12 +57,34 @@ def _uids(help_text: str) -> serializers.ListField:
     return serializers.ListField(child=serializers.CharField(), read_only=True, help_text=help_text)
 
 
+class MeterProgressSerializer(serializers.Serializer):
+    """One accepted meter's collection, as UtilityAPI reports it (unknown values kept)."""
+
+    meter = serializers.CharField(help_text="The meter uid.")
+    stage = serializers.CharField(
+        allow_null=True,
+        help_text="Suffix of the latest meter_historical_collection_* event: started, delayed, "
+        "retrying, progress, finished_successful, finished_errored (or a newer one); null "
+        "before the first.",
+    )
+    status = serializers.CharField(
+        allow_null=True, help_text="The meter's status from GET /meters (pending, updated, …)."
+    )
+    status_message = serializers.CharField(allow_null=True)
+    updated = serializers.DateTimeField(allow_null=True, help_text="When either last changed.")
+
+
 class CollectionRequestSerializer(serializers.ModelSerializer):
     """A collection request as the API returns it and `manage.py request_collection` prints it."""
 
     meters = _uids("Meter uids, as asked.")
     accepted_meters = _uids("Meters UtilityAPI accepted (its response's `meters`).")
     ignored_meters = _uids("Asked for but silently dropped by UtilityAPI.")
+    meters_progress = serializers.SerializerMethodField()
+
+    @extend_schema_field(MeterProgressSerializer(many=True))
+    def get_meters_progress(self, request: CollectionRequest) -> list[dict[str, Any]]:
+        return list(MeterProgressSerializer(selectors.meters_progress(request), many=True).data)
 
     class Meta:
         model = CollectionRequest

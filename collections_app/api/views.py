@@ -16,7 +16,7 @@ from rest_framework import generics
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from .. import services
+from .. import selectors, services
 from ..models import IDEMPOTENCY_KEY_MAX_LENGTH, CollectionRequest, Source, Status
 from ..validation import clean_idempotency_key
 from .auth import API_AUTHENTICATION
@@ -51,7 +51,7 @@ def errors(*codes: int) -> dict[int, OpenApiResponse]:
 
 
 class ApiView(generics.GenericAPIView):
-    queryset = CollectionRequest.objects.all()
+    queryset = selectors.with_progress(CollectionRequest.objects.all())
     serializer_class = CollectionRequestSerializer
     authentication_classes = API_AUTHENTICATION
     permission_classes = [CollectionRequestPermissions]

@@ -17,7 +17,15 @@ from django.db.models import Count, Max, Min, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.urls import reverse
 
-from ..models import Attempt, CollectionRequest, Status
+from ..models import (
+    Attempt,
+    CollectionOutcome,
+    CollectionRequest,
+    Event,
+    MeterProgress,
+    Status,
+    VendorCall,
+)
 from ..services import leases
 
 BUCKET = timedelta(minutes=15)
@@ -34,6 +42,7 @@ def business(now: datetime) -> dict[str, Any]:
         "throttled": throttled_calls(now),
         "stalls": stalls(now),
         "failures": failure_groups(now),
+        "tracking": tracking(now),
     }
 
 
@@ -145,6 +154,50 @@ def _with_ages(figures: dict[str, Any], now: datetime, threshold: int) -> dict[s
         "longest_running_seconds": (now - claimed_at).total_seconds() if claimed_at else None,
         "http_timeout_seconds": http_timeout(),
     }
+
+
+# --- collection tracking --------------------------------------------------------------------
+
+
+def tracking(now: datetime) -> dict[str, Any]:
+    """Accepted requests whose collection still runs, those finished today (UTC) by outcome,
+    the oldest meter still collecting, and the tracking calls to UtilityAPI in the last hour."""
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    today = Q(collection_finished_at__gte=day)
+    figures = (
+        CollectionRequest.objects.filter(status=Status.PENDING)
+        .order_by()
+        .aggregate(
+            in_progress=Count("pk", filter=Q(collection_outcome__isnull=True)),
+            finished_today=Count("pk", filter=today),
+            errored=Count("pk", filter=Q(collection_outcome=CollectionOutcome.COLLECTION_ERRORED)),
+            **{
+                f"{outcome}_today": Count("pk", filter=today & Q(collection_outcome=outcome))
+                for outcome in CollectionOutcome.values
+            },
+        )
+    )
+    collecting = MeterProgress.objects.filter(result="", request__collection_outcome__isnull=True)
+    meters = collecting.order_by().aggregate(
+        meters_collecting=Count("pk"), oldest=Min("accepted_at")
+    )
+    oldest = meters.pop("oldest")
+    return {
+        **figures,
+        **meters,
+        "oldest_unfinished_at": oldest,
+        "oldest_unfinished_age_seconds": (now - oldest).total_seconds() if oldest else None,
+        "events_unprocessed": Event.objects.filter(processed_at=None).count(),
+        "calls": tracking_calls(now),
+    }
+
+
+def tracking_calls(now: datetime) -> dict[str, Any]:
+    """GET /events, GET /meters and PATCH /events/{uid} calls in the last hour."""
+    failed = Q(status_code__isnull=True) | ~Q(status_code__range=(200, 299))
+    return VendorCall.objects.filter(started__gte=now - timedelta(hours=1)).aggregate(
+        last_hour=Count("pk"), failed_last_hour=Count("pk", filter=failed), last_at=Max("started")
+    )
 
 
 # --- failures ---------------------------------------------------------------------------------

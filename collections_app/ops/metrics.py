@@ -17,7 +17,16 @@ from django.utils import timezone
 from . import figures, probes
 
 OK, WARN, BAD = "ok", "warn", "bad"
-PANELS = ["status", "timeline", "retries", "throttling", "stalls", "failures", "machinery"]
+PANELS = [
+    "status",
+    "timeline",
+    "retries",
+    "throttling",
+    "stalls",
+    "failures",
+    "tracking",
+    "machinery",
+]
 
 
 def snapshot(now: datetime | None = None) -> dict[str, Any]:
@@ -39,7 +48,7 @@ def snapshot(now: datetime | None = None) -> dict[str, Any]:
 def _assemble(
     now: datetime, business: dict[str, Any] | None, machinery: dict[str, Any]
 ) -> dict[str, Any]:
-    business = business or dict.fromkeys(["status", "timeline", "retries", "stalls"])
+    business = business or dict.fromkeys(["status", "timeline", "retries", "stalls", "tracking"])
     throttled = business.pop("throttled", None) or {}
     return {
         "generated_at": now,
@@ -140,9 +149,19 @@ def _failure_alerts(snap: dict[str, Any]) -> list[dict[str, str]]:
     return [_alert(WARN, "failures", f"Failures in the last hour: {errors}")]
 
 
+def _tracking_alerts(snap: dict[str, Any]) -> list[dict[str, str]]:
+    t = snap["tracking"]
+    if t is None or not t["calls"]["failed_last_hour"]:
+        return []
+    failed = t["calls"]["failed_last_hour"]
+    message = f"{failed} tracking call(s) to UtilityAPI failed in the last hour (see the admin)"
+    return [_alert(WARN, "tracking", message)]
+
+
 RULES: list[Callable[[dict[str, Any]], list[dict[str, str]]]] = [
     _machinery_alerts,
     _throttling_alerts,
     _stall_alerts,
     _failure_alerts,
+    _tracking_alerts,
 ]

@@ -22,6 +22,7 @@ from prometheus_client.core import (
 
 from .. import liveness
 from ..gate import telemetry
+from ..models import CollectionOutcome
 from . import metrics
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,43 @@ def business(snap: dict[str, Any]) -> Iterator[Metric]:
     yield from stalls(snap["stalls"])
     failed = {g["error"]: float(g["count"]) for g in snap["failures"]}
     yield labelled("failed_requests", "Failed requests by error type.", "error", failed)
+    yield from tracking(snap["tracking"])
+
+
+def tracking(t: dict[str, Any]) -> Iterator[Metric]:
+    yield from gauge(
+        "collections_in_progress", "Accepted requests still collecting.", t["in_progress"]
+    )
+    today = {o: float(t[f"{o}_today"]) for o in CollectionOutcome.values}
+    yield labelled(
+        "collections_finished_today", "Collections finished today (UTC).", "outcome", today
+    )
+    yield from gauge(
+        "collections_errored", "Requests whose collection errored.", float(t["errored"])
+    )
+    yield from gauge(
+        "meters_collecting", "Accepted meters still collecting.", t["meters_collecting"]
+    )
+    yield from gauge(
+        "oldest_unfinished_age_seconds",
+        "Age of the oldest accepted meter still collecting (0: none).",
+        t["oldest_unfinished_age_seconds"] or 0.0,
+    )
+    yield from gauge(
+        "events_unprocessed",
+        "UtilityAPI events stored, not yet processed.",
+        t["events_unprocessed"],
+    )
+    yield from gauge(
+        "tracking_calls_last_hour",
+        "Tracking calls to UtilityAPI, last hour.",
+        t["calls"]["last_hour"],
+    )
+    yield from gauge(
+        "tracking_calls_failed_last_hour",
+        "Tracking calls to UtilityAPI that failed, last hour.",
+        t["calls"]["failed_last_hour"],
+    )
 
 
 def retries(r: dict[str, Any]) -> Iterator[Metric]:

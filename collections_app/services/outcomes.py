@@ -16,7 +16,7 @@ from django.utils import timezone
 from ..client import Accepted
 from ..exceptions import Throttled, UtilityAPIError
 from ..models import Attempt, CollectionRequest, Status
-from . import policy
+from . import policy, tracking
 from .leases import still_held
 from .transitions import transition
 
@@ -59,6 +59,7 @@ def record_outcome(
         for request in batch:
             policy.apply(request, outcome, now)
         _save(batch, OUTCOME_FIELDS)
+        tracking.begin(batch)  # follow the accepted meters' collection to its end
 
 
 OUTCOME_FIELDS = [

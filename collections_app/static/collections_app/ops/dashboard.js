@@ -184,6 +184,23 @@
     s.long_running ? "warn" : "ok");
   }
 
+  function renderTracking(t) {
+    if (!t) return;
+    $("k-progress").textContent = num(t.in_progress);
+    $("k-today").textContent = num(t.finished_today);
+    $("k-errored").textContent = num(t.errored);
+    fact("k-outcomes", `${num(t.collected_today)} collected, ` +
+      `${num(t.partially_collected_today)} partially, ${num(t.collection_errored_today)} errored`,
+    t.collection_errored_today ? "warn" : "ok");
+    fact("k-oldest", t.oldest_unfinished_at === null ? "none"
+      : `accepted ${since(t.oldest_unfinished_at)}`);
+    fact("k-meters", num(t.meters_collecting));
+    fact("k-events", num(t.events_unprocessed));
+    const calls = t.calls;
+    fact("k-calls", `${num(calls.last_hour)} (${num(calls.failed_last_hour)} failed)` +
+      (calls.last_at ? `, last ${since(calls.last_at)}` : ""), calls.failed_last_hour ? "warn" : "ok");
+  }
+
   function renderFailures(groups) {
     const rows = groups.map((g) => h("tr", { "data-error": g.error },
       h("td", {}, h("a", { href: g.admin_url, title: "Open these requests in the admin" },
@@ -205,6 +222,7 @@
     renderRetries(snap.retries);
     renderThrottling(snap.throttling);
     renderStalls(snap.stalls);
+    renderTracking(snap.tracking);
     renderFailures(snap.failures);
   }
 
