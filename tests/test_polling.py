@@ -13,7 +13,8 @@ import responses
 from django.utils import timezone
 from responses import matchers
 
-from collections_app import gate, polling
+from collections_app import polling
+from collections_app.gate import pauses
 from collections_app.models import (
     CollectionOutcome,
     CollectionRequest,
@@ -150,8 +151,8 @@ def test_a_429_pauses_the_fleet_and_ends_the_round(vendor: Any) -> None:
     vendor.get(f"{BASE}/events", status=429, headers={"Retry-After": "120"}, body="")
     counts = polling.poll()
     assert counts["errors"] == 1 and counts["paused"] == 1
-    assert gate.pauses()[0].kind == "throttle"
-    assert gate.pauses()[0].until - time.time() > 100
+    assert pauses.in_force()[0].kind == "throttle"
+    assert pauses.in_force()[0].until - time.time() > 100
     assert len(vendor.calls) == 1  # GET /meters waits for the pause
     call = VendorCall.objects.get()
     assert (call.status_code, call.endpoint) == (429, "/events")
@@ -163,12 +164,12 @@ def test_a_401_pauses_the_account(vendor: Any, settings: Any) -> None:
         f"{BASE}/events", status=401, json={"error": "invalid_token", "error_description": "no"}
     )
     polling.poll()
-    assert [p.kind for p in gate.pauses()] == ["account"]
+    assert [p.kind for p in pauses.in_force()] == ["account"]
     assert VendorCall.objects.get().error == "invalid_token"
 
 
 def test_no_call_while_the_fleet_is_paused(vendor: Any) -> None:
-    gate.pause("throttle", 30, "test")
+    pauses.pause("throttle", 30, "test")
     assert polling.poll()["paused"] == 1
     assert len(vendor.calls) == 0 and not VendorCall.objects.exists()
 

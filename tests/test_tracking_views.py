@@ -11,7 +11,6 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from collections_app.api import tokens
 from collections_app.models import (
     CollectionOutcome,
     CollectionRequest,
@@ -21,7 +20,7 @@ from collections_app.models import (
     VendorCall,
 )
 from collections_app.ops import figures, metrics
-from collections_app.services import tracking
+from collections_app.services import tokens, tracking
 
 pytestmark = pytest.mark.django_db
 NOW = datetime(2026, 11, 25, 12, 7, 30, tzinfo=UTC)
