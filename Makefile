@@ -44,7 +44,7 @@ test: install-test redis
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy collections_app project
+	$(BIN)/mypy collections_app project sandbox
 
 bench: install-test redis
 	$(PY) scripts/bench.py $(BENCH_ARGS)

@@ -45,7 +45,9 @@ def _number(low: float, high: float = math.inf) -> Callable[[Any], float]:
         if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
             raise ValueError("a number")
         if not low <= value <= high:
-            raise ValueError(f"from {low:g} to {high:g}")
+            raise ValueError(
+                f"at least {low:g}" if high == math.inf else f"from {low:g} to {high:g}"
+            )
         return value
 
     return check
@@ -151,7 +153,8 @@ class SandboxState:
     ):
         self.lock = threading.RLock()
         self.wakeup = threading.Event()  # set when there is news for the background loop
-        self.event_uids = (f"{secrets.token_hex(3)}-{n}" for n in itertools.count(1))
+        boot = secrets.token_hex(3)  # event uids stay unique across restarts
+        self.event_uids = (f"{boot}-{n}" for n in itertools.count(1))
         self.random = random.Random()
         self.meter_count = meters
         for name, knob in KNOBS.items():
