@@ -116,9 +116,10 @@ class CollectionRequest(models.Model):
             models.Index(fields=["status", "-created"], name="status_created"),
             models.Index(fields=["-created"], name="created_desc"),
             models.Index(fields=["error"], condition=Q(status="failed"), name="failed_error"),
+            # The dashboard's collections finished today, by outcome.
             models.Index(
-                fields=["collection_finished_at"],
-                condition=Q(collection_finished_at__isnull=False),
+                fields=["collection_outcome", "collection_finished_at"],
+                condition=Q(collection_outcome__isnull=False),
                 name="collection_finished",
             ),
         ]

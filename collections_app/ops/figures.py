@@ -35,24 +35,35 @@ FAILURE_GROUPS_SHOWN = 20
 
 def business(now: datetime) -> dict[str, Any]:
     """Every database figure the dashboard, the JSON and /metrics show."""
+    counts = request_counts()
     return {
-        "status": status_counts(),
+        "status": status_counts(counts),
         "timeline": timeline(now),
         "retries": retry_pipeline(now),
         "throttled": throttled_calls(now),
         "stalls": stalls(now),
         "failures": failure_groups(now),
-        "tracking": tracking(now),
+        "tracking": tracking(now, counts),
     }
 
 
-def status_counts() -> dict[str, int]:
+Counts = list[tuple[str, str | None, int]]
+
+
+def request_counts() -> Counts:
+    """(status, collection_outcome, requests) for every pair present: one scan serves the
+    status counts and the tracking figures."""
+    rows = CollectionRequest.objects.order_by().values_list("status", "collection_outcome")
+    return list(rows.annotate(n=Count("pk")))
+
+
+def status_counts(counts: Counts | None = None) -> dict[str, int]:
     """Requests by status now, every status present (0 when none), plus the total."""
-    counts = dict.fromkeys(Status.values, 0)
-    rows = CollectionRequest.objects.order_by().values_list("status").annotate(n=Count("pk"))
-    counts.update(dict(rows))
-    counts["total"] = sum(counts.values())
-    return counts
+    totals = dict.fromkeys(Status.values, 0)
+    for status, _, n in request_counts() if counts is None else counts:
+        totals[status] = totals.get(status, 0) + n
+    totals["total"] = sum(totals.values())
+    return totals
 
 
 # --- the last 24 hours ------------------------------------------------------------------------
@@ -159,24 +170,24 @@ def _with_ages(figures: dict[str, Any], now: datetime, threshold: int) -> dict[s
 # --- collection tracking --------------------------------------------------------------------
 
 
-def tracking(now: datetime) -> dict[str, Any]:
+def tracking(now: datetime, counts: Counts | None = None) -> dict[str, Any]:
     """Accepted requests whose collection still runs, those finished today (UTC) by outcome,
     the oldest meter still collecting, and the tracking calls to UtilityAPI in the last hour."""
+    counts = request_counts() if counts is None else counts
     day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    today = Q(collection_finished_at__gte=day)
-    figures = (
-        CollectionRequest.objects.filter(status=Status.PENDING)
-        .order_by()
-        .aggregate(
-            in_progress=Count("pk", filter=Q(collection_outcome__isnull=True)),
-            finished_today=Count("pk", filter=today),
-            errored=Count("pk", filter=Q(collection_outcome=CollectionOutcome.COLLECTION_ERRORED)),
-            **{
-                f"{outcome}_today": Count("pk", filter=today & Q(collection_outcome=outcome))
-                for outcome in CollectionOutcome.values
-            },
-        )
+    today = dict(
+        CollectionRequest.objects.order_by()
+        .filter(collection_outcome__isnull=False, collection_finished_at__gte=day)
+        .values_list("collection_outcome")
+        .annotate(n=Count("pk"))
     )
+    pending = {outcome: n for status, outcome, n in counts if status == Status.PENDING}
+    figures = {
+        "in_progress": pending.get(None, 0),
+        "finished_today": sum(today.values()),
+        "errored": pending.get(CollectionOutcome.COLLECTION_ERRORED, 0),
+        **{f"{outcome}_today": today.get(outcome, 0) for outcome in CollectionOutcome.values},
+    }
     collecting = MeterProgress.objects.filter(result="", request__collection_outcome__isnull=True)
     meters = collecting.order_by().aggregate(
         meters_collecting=Count("pk"), oldest=Min("accepted_at")
