@@ -49,6 +49,8 @@ run: install redis
 ifeq ($(UTILITYAPI_TOKEN),)
 	@echo "UTILITYAPI_TOKEN is unset: using the built-in sandbox at http://127.0.0.1:$(SANDBOX_PORT)/api/v2"
 	@UTILITYAPI_TOKEN=sandbox-token UTILITYAPI_BASE_URL=http://127.0.0.1:$(SANDBOX_PORT)/api/v2 \
+		UTILITYAPI_WEBHOOK_SECRET=$${UTILITYAPI_WEBHOOK_SECRET:-sandbox-webhook-secret} \
+		SANDBOX_WEBHOOK_URL=http://$${WEB_BIND:-127.0.0.1:8000}/webhooks/utilityapi/ \
 		$(PY) scripts/run.py $(BIN)/honcho start web worker beat sandbox
 else
 	@$(PY) scripts/run.py $(BIN)/honcho start web worker beat

@@ -31,6 +31,7 @@ from . import pricing, sync_jobs
 from .models import COLLECTABLE, MAX_MONTHS, MIN_MONTHS, Meter
 from .permissions import may_trigger
 from .services import bulk_trigger
+from .services.registry import VENDOR_FIELDS
 from .validation import clean_duration
 
 CONFIRM, ESTIMATE = "confirm", "estimate"  # the confirmation page's two submit buttons
@@ -136,20 +137,7 @@ class MeterAdmin(admin.ModelAdmin):
     list_per_page = 100
     show_full_result_count = False
     actions = ["trigger_collection"]
-    fields = (
-        "uid",
-        "authorization_uid",
-        "utility",
-        "vendor_status",
-        "status_message",
-        "is_activated",
-        "is_archived",
-        "authorization_revoked",
-        "authorization_expired",
-        "last_request_link",
-        "synced_at",
-        "raw_json",
-    )
+    fields = ("uid", *VENDOR_FIELDS, "last_request_link", "synced_at", "raw_json")
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:

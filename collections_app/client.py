@@ -16,11 +16,12 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from django.utils.dateparse import parse_datetime
 
 from .exceptions import (
     AccountError,
@@ -71,6 +72,20 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float:
     if seconds != seconds:  # NaN
         return DEFAULT_RETRY_AFTER
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def parse_vendor_time(value: Any) -> datetime | None:
+    """A timestamp from a vendor object (ISO 8601; no zone means UTC), or None when it is
+    missing or not a time."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = parse_datetime(value.strip())
+    except ValueError:
+        return None
+    if parsed is not None and parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed
 
 
 def _json_object(response: requests.Response) -> dict[str, Any] | None:

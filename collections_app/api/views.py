@@ -46,6 +46,21 @@ ERROR_MEANINGS = {
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
+def answer_header(
+    name: str, kind: Any, status: int, description: str, required: bool = True, **extra: Any
+) -> OpenApiParameter:
+    """A header of the answer with `status`, for the OpenAPI schema."""
+    return OpenApiParameter(
+        name,
+        kind,
+        OpenApiParameter.HEADER,
+        description=description,
+        response=[status],
+        required=required,
+        **extra,
+    )
+
+
 def errors(*codes: int) -> dict[int, OpenApiResponse]:
     return {code: OpenApiResponse(ErrorSerializer, ERROR_MEANINGS[code]) for code in codes}
 
@@ -98,29 +113,17 @@ class CollectionRequestList(ApiView, generics.ListAPIView):
                 OpenApiParameter.HEADER,
                 description="Printable ASCII, unique per request (e.g. a UUID); empty means none.",
             ),
-            OpenApiParameter(
-                "Location",
-                OpenApiTypes.URI,
-                OpenApiParameter.HEADER,
-                description="The request's URL.",
-                response=[202],
-                required=True,
-            ),
-            OpenApiParameter(
+            answer_header("Location", OpenApiTypes.URI, 202, "The request's URL."),
+            answer_header(
                 "Idempotent-Replayed",
                 OpenApiTypes.STR,
-                OpenApiParameter.HEADER,
+                202,
+                "Present when the Idempotency-Key matched an earlier request.",
+                required=False,
                 enum=["true"],
-                description="Present when the Idempotency-Key matched an earlier request.",
-                response=[202],
             ),
-            OpenApiParameter(
-                "Retry-After",
-                OpenApiTypes.INT,
-                OpenApiParameter.HEADER,
-                description="Seconds until this token may POST again.",
-                response=[429],
-                required=True,
+            answer_header(
+                "Retry-After", OpenApiTypes.INT, 429, "Seconds until this token may POST again."
             ),
         ],
         responses={202: CollectionRequestSerializer, **errors(400, 401, 403, 413, 415, 422, 429)},

@@ -15,43 +15,35 @@ from .transitions import transition
 
 
 def apply(request: CollectionRequest, outcome: Accepted | UtilityAPIError, now: datetime) -> None:
+    """Move `request` (in memory) to where UtilityAPI's answer puts it."""
     if isinstance(outcome, Accepted):
         return _accept(request, outcome)
     request.last_http_status = outcome.status_code
     if isinstance(outcome, Throttled):  # waits for Retry-After; not counted as an attempt
-        when = now + timedelta(seconds=outcome.retry_after or 0)
-        return transition(
-            request,
-            Status.SUBMITTED,
-            next_attempt_at=when,
-            error=outcome.error,
-            error_description=outcome.description,
-        )
+        return _retry_at(request, outcome, now + timedelta(seconds=outcome.retry_after or 0))
     request.attempts += 1
     if isinstance(outcome, PermanentError):
-        return transition(
-            request,
-            Status.FAILED,
-            next_attempt_at=None,
-            error=outcome.error,
-            error_description=outcome.description,
-        )
+        return _fail(request, outcome.error, outcome.description)
     if request.attempts >= settings.COLLECTIONS_MAX_ATTEMPTS:
-        return transition(
-            request,
-            Status.FAILED,
-            next_attempt_at=None,
-            error="retries_exhausted",
-            error_description=f"Gave up after {request.attempts} attempts; the "
-            f"last: {outcome.error}: {outcome.description}",
-        )
-    when = now + timedelta(seconds=backoff(request.attempts))
+        last = f"the last: {outcome.error}: {outcome.description}"
+        why = f"Gave up after {request.attempts} attempts; {last}"
+        return _fail(request, "retries_exhausted", why)
+    _retry_at(request, outcome, now + timedelta(seconds=backoff(request.attempts)))
+
+
+def _retry_at(request: CollectionRequest, outcome: UtilityAPIError, when: datetime) -> None:
     transition(
         request,
         Status.SUBMITTED,
         next_attempt_at=when,
         error=outcome.error,
         error_description=outcome.description,
+    )
+
+
+def _fail(request: CollectionRequest, error: str, description: str) -> None:
+    transition(
+        request, Status.FAILED, next_attempt_at=None, error=error, error_description=description
     )
 
 

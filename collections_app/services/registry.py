@@ -14,16 +14,15 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from .. import gate
-from ..client import UtilityAPIClient, get_client
+from ..client import UtilityAPIClient, get_client, parse_vendor_time
 from ..exceptions import BadResponse, Throttled, TransientError
 from ..models import Meter
 from ..validation import clean_meters
@@ -35,7 +34,8 @@ METERS_PATH = "/meters"
 ENDPOINT = "GET /meters"
 UPSERT_CHUNK = 500  # rows per INSERT … ON CONFLICT statement
 PAGE_ATTEMPTS = 3  # tries per page on 429, 503, 504 and network errors
-SYNCED_FIELDS = [
+# What the registry keeps of a vendor meter (shown by the admin too), and what a sync writes.
+VENDOR_FIELDS = [
     "authorization_uid",
     "utility",
     "vendor_status",
@@ -44,9 +44,8 @@ SYNCED_FIELDS = [
     "is_archived",
     "authorization_revoked",
     "authorization_expired",
-    "raw",
-    "synced_at",
 ]
+SYNCED_FIELDS = [*VENDOR_FIELDS, "raw", "synced_at"]
 
 
 @dataclass
@@ -217,28 +216,13 @@ def _revoked(auth: dict[str, Any]) -> bool:
     """Revoked per the sandbox (`revoked: true`) or the vendor's Authorization object
     (`is_revoked`, or `revoked` holding the revocation time)."""
     revoked = auth.get("revoked")
-    return auth.get("is_revoked") is True or revoked is True or _is_timestamp(revoked)
+    stamped = parse_vendor_time(revoked) is not None
+    return auth.get("is_revoked") is True or revoked is True or stamped
 
 
 def _expired(auth: dict[str, Any], now: datetime) -> bool:
     """Expired per the sandbox (`expired: true`), `is_expired`, or an `expires` time past."""
     if auth.get("is_expired") is True or auth.get("expired") is True:
         return True
-    expires = _parse_time(auth.get("expires"))
+    expires = parse_vendor_time(auth.get("expires"))
     return expires is not None and expires <= now
-
-
-def _is_timestamp(value: Any) -> bool:
-    return _parse_time(value) is not None
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = parse_datetime(value.strip())
-    except ValueError:
-        return None
-    if parsed is not None and parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed

@@ -77,15 +77,10 @@ def request_collections(
     groups = [clean_meters(group) for group in meter_groups]
     now = timezone.now()
     with transaction.atomic():
+        common = {"collection_duration": collection_duration, "source": source}
+        queued = {"next_attempt_at": now, "dispatched_at": now}
         created = CollectionRequest.objects.bulk_create(
-            CollectionRequest(
-                meters=group,
-                collection_duration=collection_duration,
-                source=source,
-                requested_by=requested_by,
-                next_attempt_at=now,
-                dispatched_at=now,
-            )
+            CollectionRequest(meters=group, requested_by=requested_by, **common, **queued)
             for group in groups
         )
         for request in created:

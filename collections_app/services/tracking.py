@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
+from ..client import parse_vendor_time
 from ..models import (
     CollectionOutcome,
     CollectionRequest,
@@ -76,7 +76,7 @@ def parse_event(item: Any) -> IncomingEvent:
     return IncomingEvent(
         uid=uid,
         type=kind,
-        ts=_timestamp(item.get("ts")),
+        ts=parse_vendor_time(item.get("ts")),
         meter_uid=_uid_text(item.get("meter_uid")),
         authorization_uid=_uid_text(item.get("authorization_uid")),
         raw=item,
@@ -88,18 +88,6 @@ def _uid_text(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
         return ""
     return str(value)[:64]
-
-
-def _timestamp(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = parse_datetime(value.strip())
-    except ValueError:
-        return None
-    if parsed is not None and parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed
 
 
 def stage_of(event_type: str) -> str | None:
@@ -290,7 +278,7 @@ def _take_status(row: MeterProgress, meter: dict[str, Any], now: datetime) -> bo
     values = {
         "status": str(meter.get("status") or "")[:32],
         "status_message": str(meter.get("status_message") or ""),
-        "status_ts": _timestamp(meter.get("status_ts")),
+        "status_ts": parse_vendor_time(meter.get("status_ts")),
         "bill_count": _count(meter.get("bill_count")),
         "interval_count": _count(meter.get("interval_count")),
     }

@@ -1,12 +1,20 @@
 """`manage.py utilityapi_sandbox`: the UtilityAPI stand-in under gunicorn, every knob a flag."""
 
 import argparse
+import os
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from sandbox.server import GunicornSandbox
 from sandbox.state import KNOBS, SandboxState
+
+# Knobs whose default comes from the environment, so `make run` can wire the sandbox's
+# webhooks to the service it runs beside without another command line.
+FROM_ENVIRONMENT = {
+    "webhook_url": "SANDBOX_WEBHOOK_URL",
+    "webhook_secret": "UTILITYAPI_WEBHOOK_SECRET",
+}
 
 
 class Command(BaseCommand):
@@ -23,7 +31,8 @@ class Command(BaseCommand):
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction,
                                     default=knob.default, help=knob.help)  # fmt: skip
             else:
-                parser.add_argument(flag, type=type(knob.default), default=knob.default,
+                default = os.environ.get(FROM_ENVIRONMENT.get(name, ""), knob.default)
+                parser.add_argument(flag, type=type(knob.default), default=default,
                                     help=knob.help)  # fmt: skip
 
     def handle(self, *args: Any, **options: Any) -> None:
