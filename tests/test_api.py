@@ -521,5 +521,5 @@ def test_every_problem_with_the_meters_is_in_the_description(
     assert body["error_description"] == (
         "meters lists 100001 more than once (the 1st and 2nd meters). "
         "meters: the 3rd meter ('bad meter') is not a meter uid: at most 64 characters, "
-        "no spaces or control characters."
+        "no spaces and no control, format, private-use or unassigned characters."
     )

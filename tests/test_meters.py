@@ -176,6 +176,7 @@ def test_sync_command_exits_non_zero(sandbox: Any) -> None:
         "DJANGO_SETTINGS_MODULE": "project.settings",
         "UTILITYAPI_BASE_URL": sandbox.url,
         "UTILITYAPI_TOKEN": "wrong-token",
+        "UTILITYAPI_SANDBOX_TOKEN": "wrong-token",  # a token for the sandbox's plain http
     }
     done = subprocess.run(
         [sys.executable, "manage.py", "sync_meters"],

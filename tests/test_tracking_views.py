@@ -144,7 +144,7 @@ def test_admin_filter_and_inline(django_user_model: Any) -> None:
     page = client.get(f"{base}?collection_outcome__exact=collection_errored").content.decode()
     assert str(done.pk) in page and str(request.pk) not in page
     detail = client.get(f"{base}{request.pk}/change/").content.decode()
-    assert "Per-meter progress" in detail and "finished_successful" in detail
+    assert "Collection progress" in detail and "finished_successful" in detail
     for model in ("event", "vendorcall"):
         assert client.get(f"/admin/collections_app/{model}/").status_code == 200
 

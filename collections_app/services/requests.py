@@ -6,7 +6,6 @@ here talks to the broker, so a broker outage never holds a caller."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -50,18 +49,19 @@ def request_collection(
         next_attempt_at=now,
         dispatched_at=now,
     )
-    # One INSERT. Only a key that may collide needs a savepoint, so that losing the race
-    # leaves a caller's own transaction usable.
+    # One short transaction: the row, and the registry's "last request" of its meters. (Inside
+    # a caller's transaction it is a savepoint, so losing an idempotency race leaves the
+    # caller's transaction usable.)
     try:
-        with transaction.atomic() if idempotency_key else contextlib.nullcontext():
+        with transaction.atomic():
             row.save(force_insert=True)
+            _mark_last_request(row)
     except IntegrityError:
         if not idempotency_key:
             raise
         existing = _find_idempotent(requested_by, idempotency_key, fields)  # lost a race
         assert existing is not None
         return existing
-    _mark_last_request(row)
     return row
 
 
