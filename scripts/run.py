@@ -66,7 +66,7 @@ def banner(with_sandbox: bool) -> str:
 def web_answers() -> bool:
     try:
         url = f"http://{web_address()}/healthz"
-        with urllib.request.urlopen(url, timeout=1) as answer:
+        with urllib.request.urlopen(url, timeout=5) as answer:
             return bool(answer.status == 200)
     except OSError:
         return False

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission
@@ -118,8 +119,15 @@ class Terminal:
         os.write(self.master, b"\x03")
 
     def close(self) -> None:
+        """Kill everything the session started, whatever process group it moved to: a
+        failed test must not leave a worker consuming the next tests' messages."""
+        for process in psutil.process_iter():
+            try:
+                if os.getsid(process.pid) == self.process.pid:
+                    process.kill()
+            except (OSError, psutil.Error):
+                continue
         if self.process.poll() is None:
-            os.killpg(self.process.pid, 9)
             self.process.wait(10)
         os.close(self.master)
 
