@@ -42,6 +42,6 @@ if is_local(settings.DATABASES["default"]):
     User = get_user_model()
     if not User.objects.filter(username="admin").exists():
         User.objects.create_superuser("admin", "admin@example.com", "admin")
-    print("Development login: admin / admin")
+    print("Development superuser: admin (password admin).")
 else:
     print("Not a local database: no fixed login is made; use manage.py createsuperuser.")

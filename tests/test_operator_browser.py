@@ -15,6 +15,7 @@ import socket
 import subprocess
 import termios
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,7 @@ class Terminal:
     def __init__(self, command: list[str], env: dict[str, str]) -> None:
         self.master, slave = os.openpty()
         self.output = b""
+        self.env = env
         self.process = subprocess.Popen(
             command,
             cwd=ROOT,
@@ -119,11 +121,13 @@ class Terminal:
         os.write(self.master, b"\x03")
 
     def close(self) -> None:
-        """Kill everything the session started, whatever process group it moved to: a
-        failed test must not leave a worker consuming the next tests' messages."""
+        """Kill everything `make run` started, whatever session honcho gave it (found by
+        the marker in its environment): a failed test must not leave a worker consuming
+        the next tests' messages."""
+        marker = self.env.get(RUN_MARKER)
         for process in psutil.process_iter():
             try:
-                if os.getsid(process.pid) == self.process.pid:
+                if marker and process.environ().get(RUN_MARKER) == marker:
                     process.kill()
             except (OSError, psutil.Error):
                 continue
@@ -135,6 +139,9 @@ class Terminal:
 def _controlling_terminal() -> None:
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+RUN_MARKER = "COLLECTIONS_TEST_MAKE_RUN"  # in the environment of every process a test starts
 
 
 def free_port() -> int:
@@ -155,6 +162,7 @@ def make_run_env(web_port: int, sandbox_port: int) -> dict[str, str]:
         CELERY_CONCURRENCY="2",
         TERM="dumb",
     )
+    env[RUN_MARKER] = uuid.uuid4().hex
     return env
 
 
