@@ -138,7 +138,7 @@ def storable(text: str) -> bool:
 
 
 def expected_type(status: int) -> type[UtilityAPIError]:
-    """SPEC "Response handling", and the client's reading of the codes it does not list."""
+    """The documented response handling, and the client's reading of the codes it does not list."""
     if 200 <= status < 300:
         return BadResponse  # a 2xx that is not the success object
     if status == 429:
