@@ -38,7 +38,7 @@ class Source(models.TextChoices):
 class CollectionRequest(models.Model):
     """One historical collection asked for by a user; the database row is the source of truth."""
 
-    # The fields users see, in the documented order: the JSON API's shape, the CLI's and the admin's.
+    # The fields users see, in the documented order: the JSON API's, the CLI's, the admin's.
     PUBLIC_FIELDS = (
         "id", "status", "meters", "collection_duration", "accepted_meters", "ignored_meters",
         "attempts", "next_attempt_at", "error", "error_description", "last_http_status",

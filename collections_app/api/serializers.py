@@ -1,4 +1,4 @@
-"""The JSON shape of a collection request (the contract's field names), shared by the API and the CLI.
+"""The JSON shape of a collection request (the contract's field names), for the API and CLI.
 
 Input is validated by collections_app.validation, not here: the input serializer below only
 documents the body in the OpenAPI schema.
