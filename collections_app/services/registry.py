@@ -35,7 +35,7 @@ ENDPOINT = "GET /meters"
 UPSERT_CHUNK = 500  # rows per INSERT … ON CONFLICT statement
 PAGE_ATTEMPTS = 3  # tries per page on 429, 503, 504 and network errors
 # What the registry keeps of a vendor meter (shown by the admin too), and what a sync writes.
-VENDOR_FIELDS = [
+VENDOR_FIELDS = (
     "authorization_uid",
     "utility",
     "vendor_status",
@@ -44,7 +44,7 @@ VENDOR_FIELDS = [
     "is_archived",
     "authorization_revoked",
     "authorization_expired",
-]
+)
 SYNCED_FIELDS = [*VENDOR_FIELDS, "raw", "synced_at"]
 
 
