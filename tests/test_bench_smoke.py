@@ -57,7 +57,9 @@ def test_every_request_reached_an_outcome(quick_run: tuple[str, dict[str, Any]])
         assert run["drain_s"] > 0 and run["worker_cpu_ms_per_request"] > 0
     for run in results["backlog"]["runs"]:
         assert run["pending"] + run["failed"] == run["requests"] > 0
-        assert run["messages_created"] >= 1 and run["calls"] >= 1
+        # Storing publishes nothing (the row is the queue): the relay's messages go out
+        # while the worker drains, so only the calls are certain to be counted.
+        assert run["messages_created"] >= 0 and run["calls"] >= 1
 
 
 def test_figures_are_sane(quick_run: tuple[str, dict[str, Any]]) -> None:

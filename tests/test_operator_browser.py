@@ -152,7 +152,10 @@ def free_port() -> int:
 
 def make_run_env(web_port: int, sandbox_port: int) -> dict[str, str]:
     db = connection.settings_dict
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("UTILITYAPI_", "DJANGO_"))}
+    # Not MAKEFLAGS/MAKELEVEL either: run from `make test`, the inner make would say
+    # "Leaving directory" after everything stopped.
+    prefixes = ("UTILITYAPI_", "DJANGO_", "MAKE", "MFLAGS")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
     env.update(
         DATABASE_URL=f"postgres://{db['USER'] or 'postgres'}@{db['HOST'] or '127.0.0.1'}:"
         f"{db['PORT'] or 5432}/{db['NAME']}",
