@@ -10,6 +10,7 @@ from django.db.models import Q
 MIN_MONTHS, MAX_MONTHS = 1, 36  # the collection_duration UtilityAPI takes
 UID_MAX_LENGTH = 64  # a meter uid, as stored
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
+CALLBACK_URL_MAX_LENGTH = 2000
 # Collections cost money: triggering one needs this permission besides "add".
 TRIGGER_PERMISSION = "collections_app.trigger_collection"
 
@@ -43,6 +44,7 @@ class CollectionRequest(models.Model):
         "id", "status", "meters", "collection_duration", "accepted_meters", "ignored_meters",
         "attempts", "next_attempt_at", "error", "error_description", "last_http_status",
         "source", "created", "updated", "collection_outcome", "collection_finished_at",
+        "callback_url",
     )  # fmt: skip
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -91,6 +93,13 @@ class CollectionRequest(models.Model):
     )
     collection_finished_at = models.DateTimeField(
         null=True, blank=True, help_text="When the last accepted meter finished."
+    )
+    # Given at creation (collections_app.validation.clean_callback_url); null: none.
+    callback_url = models.CharField(  # noqa: DJ001
+        max_length=CALLBACK_URL_MAX_LENGTH,
+        null=True,
+        blank=True,
+        help_text="Receives a signed POST at pending, failed and the collection's outcome.",
     )
 
     class Meta:
@@ -309,3 +318,60 @@ class VendorCall(models.Model):
 
     def __str__(self) -> str:
         return f"{self.method} {self.endpoint} → {self.status_code or self.error}"
+
+
+# --- callbacks to the caller (services/callbacks.py) ------------------------------------------
+
+
+class Moment(models.TextChoices):
+    """What a callback tells: the request reached a status, or its collection's outcome."""
+
+    PENDING = "pending", "Reached pending"
+    FAILED = "failed", "Reached failed"
+    COLLECTION_OUTCOME = "collection_outcome", "Collection outcome"
+
+
+class CallbackDelivery(models.Model):
+    """One attempt to POST one moment of a request to its callback_url (a row in the outbox).
+
+    The first attempt is stored in the transaction that reached the moment; each failed
+    attempt stores the next one (same `event_id`, `attempt` + 1) until a 2xx or
+    COLLECTIONS_CALLBACK_GIVE_UP_SECONDS after the moment."""
+
+    request = models.ForeignKey(
+        CollectionRequest, on_delete=models.CASCADE, related_name="callback_deliveries"
+    )
+    event_id = models.UUIDField(
+        default=uuid.uuid4, help_text="The same for every attempt of one moment."
+    )
+    moment = models.CharField(max_length=32, choices=Moment)
+    moment_at = models.DateTimeField(help_text="When the request reached the moment.")
+    attempt = models.PositiveSmallIntegerField(default=1)
+    created = models.DateTimeField(auto_now_add=True)
+    next_attempt_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it is due; empty once tried."
+    )
+    lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
+    tried_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    status_code = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Empty when no HTTP answer came."
+    )
+    error = models.CharField(max_length=64, blank=True)
+    error_description = models.TextField(blank=True)
+    body_sha256 = models.CharField(max_length=64, blank=True, help_text="Of the body sent.")
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    gave_up = models.BooleanField(default=False, help_text="The last attempt: no more retries.")
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        verbose_name_plural = "callback deliveries"
+        indexes = [
+            models.Index(
+                fields=["next_attempt_at"], condition=Q(tried_at=None), name="callback_due"
+            ),
+            models.Index(fields=["request", "created"], name="callback_request_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.moment} #{self.attempt} → {self.status_code or self.error or 'due'}"

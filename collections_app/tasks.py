@@ -9,7 +9,7 @@ from celery import shared_task
 from celery.exceptions import Ignore
 from django.db import InterfaceError, OperationalError
 
-from . import delivery, polling, services, sync_jobs
+from . import callback_delivery, delivery, polling, services, sync_jobs
 from .services import registry, tracking
 
 INFRASTRUCTURE_ERRORS = (OperationalError, InterfaceError, ConnectionError)
@@ -30,6 +30,16 @@ def deliver(self, request_id: str | None = None) -> str:
     if not done:
         raise Ignore()
     return done
+
+
+@shared_task(autoretry_for=INFRASTRUCTURE_ERRORS, retry_backoff=1, max_retries=10)
+def deliver_callbacks() -> int:
+    """Send due callbacks: queued when one is stored, when a retry falls due soon, and
+    periodically by beat. Returns how many were sent; a run with none leaves no result row."""
+    sent = callback_delivery.deliver_due()
+    if not sent:
+        raise Ignore()
+    return sent
 
 
 @shared_task(autoretry_for=INFRASTRUCTURE_ERRORS, retry_backoff=1, max_retries=3)

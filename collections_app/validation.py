@@ -6,14 +6,23 @@ UtilityAPI's own error type as its code (`required_param_missing` or `invalid_pa
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 import unicodedata
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from .models import IDEMPOTENCY_KEY_MAX_LENGTH, MAX_MONTHS, MIN_MONTHS, UID_MAX_LENGTH
+from .models import (
+    CALLBACK_URL_MAX_LENGTH,
+    IDEMPOTENCY_KEY_MAX_LENGTH,
+    MAX_MONTHS,
+    MIN_MONTHS,
+    UID_MAX_LENGTH,
+)
 
 # Unicode categories no uid may contain: controls, format characters (bidirectional overrides,
 # zero-width joiners, BOM), surrogates, private use, unassigned code points, and every space
@@ -128,3 +137,91 @@ def clean_idempotency_key(key: Any) -> str:
 def parse_meter_text(text: str) -> list[str]:
     """Meter uids typed by a person: one per line or comma separated."""
     return [part.strip() for part in re.split(r"[,\n\r]+", text or "") if part.strip()]
+
+
+# --- callback URLs (docs/security.md#callbacks) ---------------------------------------------
+
+
+class RefusedAddress(ValueError):
+    """A callback host that does not resolve, or resolves to an address callbacks may not reach."""
+
+
+def clean_callback_url(value: Any) -> str | None:
+    """None (no callback), or an absolute https URL (http too with DEBUG) without userinfo,
+    whose host resolves only to public addresses (any, with COLLECTIONS_CALLBACK_ALLOW_PRIVATE).
+    Refused too while COLLECTIONS_CALLBACK_SECRET is unset: the POSTs could not be signed."""
+    if value is None or value == "":
+        return None
+    if not settings.COLLECTIONS_CALLBACK_SECRET:
+        raise invalid(
+            "callback_url",
+            "callback_url cannot be used here: the service has no COLLECTIONS_CALLBACK_SECRET "
+            "to sign callbacks with.",
+        )
+    parts = _callback_parts(value)
+    try:
+        public_addresses(parts.hostname or "", parts.port or _PORTS[parts.scheme])
+    except RefusedAddress as err:
+        raise invalid("callback_url", f"callback_url is refused: {err}") from None
+    return value
+
+
+_PORTS = {"https": 443, "http": 80}
+
+
+def _callback_parts(value: Any) -> SplitResult:
+    """The URL's parts, once its form is checked (scheme, host, no userinfo, length)."""
+    schemes = ("https", "http") if settings.DEBUG else ("https",)
+    if not isinstance(value, str) or len(value) > CALLBACK_URL_MAX_LENGTH:
+        raise invalid(
+            "callback_url",
+            f"callback_url must be a URL of at most {CALLBACK_URL_MAX_LENGTH} characters.",
+        )
+    if not re.fullmatch(r"[!-~]+", value):
+        raise invalid("callback_url", "callback_url may hold printable ASCII characters only.")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError on a bad port)
+    except ValueError:
+        raise invalid("callback_url", "callback_url is not a valid URL.") from None
+    if parts.scheme not in schemes or not parts.hostname:
+        raise invalid(
+            "callback_url", f"callback_url must be an absolute {' or '.join(schemes)} URL."
+        )
+    if parts.username is not None or parts.password is not None:
+        raise invalid("callback_url", "callback_url may not carry a user name or password.")
+    return parts
+
+
+def public_addresses(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to, each one allowed for callbacks; raises RefusedAddress
+    when it does not resolve or any address is loopback, private, link-local, multicast,
+    reserved or otherwise not global (unless COLLECTIONS_CALLBACK_ALLOW_PRIVATE). Checked when
+    the URL is given and again before every POST (DNS may change in between)."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        raise RefusedAddress(f"{host} does not resolve") from None
+    addresses = list(dict.fromkeys(str(info[4][0]) for info in found))
+    if not settings.COLLECTIONS_CALLBACK_ALLOW_PRIVATE:
+        for address in addresses:
+            if not _is_public(address):
+                raise RefusedAddress(
+                    f"{host} resolves to {address}, a loopback, private or reserved address"
+                )
+    return addresses
+
+
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # IPv4 addresses reached through a NAT64 gateway
+
+
+def _is_public(address: str) -> bool:
+    """Global unicast, and so is any IPv4 address it carries (mapped, 6to4, NAT64)."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone (fe80::1%eth0) dropped
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None and not _is_public(str(embedded)):
+            return False
+    return ip.is_global and not ip.is_multicast

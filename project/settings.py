@@ -189,6 +189,20 @@ COLLECTIONS_METER_POLL_AFTER_SECONDS = env_int(
     "COLLECTIONS_METER_POLL_AFTER_SECONDS", 3600, minimum=0
 )
 
+# --- Callbacks to the caller (docs/api.md#callbacks) -------------------------------------------
+# The key of the X-Collections-Signature HMAC; unset, a callback_url is refused.
+COLLECTIONS_CALLBACK_SECRET = os.environ.get("COLLECTIONS_CALLBACK_SECRET", "")
+# Development only: callback URLs may point at loopback and private addresses.
+COLLECTIONS_CALLBACK_ALLOW_PRIVATE = env_bool("COLLECTIONS_CALLBACK_ALLOW_PRIVATE", False)
+# A callback that does not answer 2xx is tried again after this many seconds, doubled at each
+# attempt (capped at an hour, with jitter), until COLLECTIONS_CALLBACK_GIVE_UP_SECONDS.
+COLLECTIONS_CALLBACK_RETRY_BASE_SECONDS = env_float(
+    "COLLECTIONS_CALLBACK_RETRY_BASE_SECONDS", 10, minimum=0.1
+)
+COLLECTIONS_CALLBACK_GIVE_UP_SECONDS = env_int(
+    "COLLECTIONS_CALLBACK_GIVE_UP_SECONDS", 86_400, minimum=1
+)
+
 # --- Meter registry (docs/meters.md) ----------------------------------------------------------
 METERS_SYNC_INTERVAL_SECONDS = env_int("METERS_SYNC_INTERVAL_SECONDS", 3600, minimum=1)
 # The longest Retry-After or fleet pause a sync waits out; a longer one stops it until its next run.
@@ -247,6 +261,11 @@ CELERY_BEAT_SCHEDULE = {
     "sweep-collection-requests": {
         "task": "collections_app.tasks.sweep",
         "schedule": float(COLLECTIONS_SWEEP_INTERVAL_SECONDS),
+    },
+    "deliver-callbacks": {
+        "task": "collections_app.tasks.deliver_callbacks",
+        "schedule": float(COLLECTIONS_SWEEP_INTERVAL_SECONDS),
+        "options": {"expires": float(COLLECTIONS_SWEEP_INTERVAL_SECONDS)},
     },
     "sync-meters": {
         "task": "collections_app.tasks.sync_meters",

@@ -14,11 +14,17 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .. import selectors
-from ..models import MAX_MONTHS, MIN_MONTHS, UID_MAX_LENGTH, CollectionRequest
+from ..models import (
+    CALLBACK_URL_MAX_LENGTH,
+    MAX_MONTHS,
+    MIN_MONTHS,
+    UID_MAX_LENGTH,
+    CollectionRequest,
+)
 from ..validation import uid_characters_ok
 
 FIELDS = [*CollectionRequest.PUBLIC_FIELDS, "meters_progress"]
-INPUT_FIELDS = {"meters", "collection_duration"}
+INPUT_FIELDS = {"meters", "collection_duration", "callback_url"}
 # Planes whose code points are all refused: 4–13 are unassigned, 15–16 private use.
 _REFUSED_PLANES = [(0x40000, 0xDFFFF), (0xF0000, 0x10FFFF)]
 
@@ -112,6 +118,13 @@ class CollectionRequestInputSerializer(serializers.Serializer):
         required=False,
         help_text=f"Months to collect, {MIN_MONTHS}–{MAX_MONTHS}; null or absent means the "
         "account's default.",
+    )
+    callback_url = serializers.URLField(
+        max_length=CALLBACK_URL_MAX_LENGTH,
+        allow_null=True,
+        required=False,
+        help_text="Receives a signed POST of the request when it reaches pending or failed and "
+        "when its collection ends (docs/api.md, Callbacks). https, public addresses only.",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -39,7 +39,8 @@ ERROR_MEANINGS = {
     404: "No such request, or an invalid page cursor (not_found).",
     413: "Body larger than COLLECTIONS_API_MAX_BODY_BYTES (request_too_large).",
     415: "Body not sent as application/json (unsupported_media_type).",
-    422: "Idempotency-Key reused with other meters or duration (idempotency_key_reused).",
+    422: "Idempotency-Key reused with other meters, duration or callback_url "
+    "(idempotency_key_reused).",
     429: "More POSTs than COLLECTIONS_API_POST_RATE for this token; see Retry-After "
     "(rate_limited).",
 }
@@ -129,10 +130,10 @@ class CollectionRequestList(ApiView, generics.ListAPIView):
         responses={202: CollectionRequestSerializer, **errors(400, 401, 403, 413, 415, 422, 429)},
     )
     def post(self, request: Request) -> Response:
-        meters, duration = body_fields(request.data)
+        meters, duration, callback_url = body_fields(request.data)
         key = clean_idempotency_key(request.headers.get(IDEMPOTENCY_HEADER, ""))
         started = timezone.now()
-        created = trigger(request.user, meters, duration, key)
+        created = trigger(request.user, meters, duration, callback_url, key)
         url = reverse("collections_api:collection-detail", kwargs={"id": created.pk})
         headers = {"Location": request.build_absolute_uri(url)}
         if key and created.created < started:
@@ -140,8 +141,8 @@ class CollectionRequestList(ApiView, generics.ListAPIView):
         return Response(self.get_serializer(created).data, status=202, headers=headers)
 
 
-def body_fields(data: Any) -> tuple[Any, Any]:
-    """meters and collection_duration from a JSON object with no other fields."""
+def body_fields(data: Any) -> tuple[Any, Any, Any]:
+    """meters, collection_duration and callback_url from a JSON object with no other fields."""
     if not isinstance(data, dict):
         raise ApiError(
             400,
@@ -153,25 +154,33 @@ def body_fields(data: Any) -> tuple[Any, Any]:
         raise ApiError(
             400,
             "invalid_param",
-            f"Unknown field {unknown[0][:64]!r}: only meters and collection_duration are taken.",
+            f"Unknown field {unknown[0][:64]!r}: only meters, collection_duration and "
+            "callback_url are taken.",
             field=unknown[0][:64],
         )
-    return data.get("meters"), data.get("collection_duration")
+    return data.get("meters"), data.get("collection_duration"), data.get("callback_url")
 
 
-def trigger(user: Any, meters: Any, duration: Any, key: str) -> CollectionRequest:
+def trigger(
+    user: Any, meters: Any, duration: Any, callback_url: Any, key: str
+) -> CollectionRequest:
     """request_collection for an API caller; a reused Idempotency-Key is a 422."""
     try:
         return services.request_collection(
-            meters, duration, source=Source.API, requested_by=user, idempotency_key=key
+            meters,
+            duration,
+            source=Source.API,
+            requested_by=user,
+            callback_url=callback_url,
+            idempotency_key=key,
         )
     except ValidationError as err:
         if _key_reused(err, user, key):
             raise ApiError(
                 422,
                 "idempotency_key_reused",
-                f"This {IDEMPOTENCY_HEADER} was already used for a request with other meters "
-                "or collection_duration. Use a new key for a new request.",
+                f"This {IDEMPOTENCY_HEADER} was already used for a request with other meters, "
+                "collection_duration or callback_url. Use a new key for a new request.",
                 field="idempotency_key",
             ) from err
         raise

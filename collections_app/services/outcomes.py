@@ -16,7 +16,7 @@ from django.utils import timezone
 from ..client import Accepted
 from ..exceptions import Throttled, UtilityAPIError
 from ..models import Attempt, CollectionRequest, Status
-from . import policy, tracking
+from . import notices, policy, tracking
 from .leases import still_held
 from .transitions import transition
 
@@ -115,6 +115,7 @@ def _update_rows(batch: Sequence[CollectionRequest], fields: list[str], token: A
     if held.update(**_values(row, fields)):
         return True
     log.warning("lease lost: 1 stale outcome(s) not saved")
+    notices.withdraw([row])
     return False
 
 
@@ -133,7 +134,11 @@ def _save(batch: Sequence[CollectionRequest], fields: list[str]) -> None:
     """Save the batch and free its lease. A row still submitted is marked unannounced, so a
     relay tells the workers about it once its next attempt falls due."""
     token = batch[0].lease_token if batch else None
-    batch = still_held(batch) if len(batch) > 1 else batch
+    if len(batch) > 1:
+        held = still_held(batch)
+        kept = {r.pk for r in held}
+        notices.withdraw(r for r in batch if r.pk not in kept)  # a stale outcome tells nobody
+        batch = held
     now = timezone.now()
     for request in batch:
         request.lease_token = request.lease_expires_at = None

@@ -13,7 +13,13 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from ..models import CollectionRequest, Meter, Source, Status
-from ..validation import clean_duration, clean_idempotency_key, clean_meters, invalid
+from ..validation import (
+    clean_callback_url,
+    clean_duration,
+    clean_idempotency_key,
+    clean_meters,
+    invalid,
+)
 from .transitions import transition
 
 
@@ -23,9 +29,12 @@ def request_collection(
     *,
     source: str = Source.API,
     requested_by: Any = None,
+    callback_url: str | None = None,
     idempotency_key: str = "",
 ) -> CollectionRequest:
     """Validate and store one collection request: it is sent once the transaction commits.
+    A callback_url gets a signed POST when the request reaches pending or failed and when
+    its collection ends (services/notices.py).
 
     Raises ValidationError naming the field; then nothing is stored or sent. With an
     idempotency key already used by the same user for the same input, returns that request.
@@ -35,7 +44,11 @@ def request_collection(
     if source not in Source.values:
         raise invalid("source", f"source must be one of {', '.join(Source.values)}.")
     idempotency_key = clean_idempotency_key(idempotency_key)
-    fields = {"meters": meters, "collection_duration": collection_duration}
+    fields = {
+        "meters": meters,
+        "collection_duration": collection_duration,
+        "callback_url": clean_callback_url(callback_url),
+    }
     if idempotency_key:
         existing = _find_idempotent(requested_by, idempotency_key, fields)
         if existing:
@@ -95,10 +108,11 @@ def _mark_last_request(request: CollectionRequest) -> None:
 
 def _find_idempotent(user: Any, key: str, fields: dict[str, Any]) -> CollectionRequest | None:
     existing = CollectionRequest.objects.filter(requested_by=user, idempotency_key=key).first()
-    if existing and (existing.meters, existing.collection_duration) != tuple(fields.values()):
+    if existing and any(getattr(existing, name) != value for name, value in fields.items()):
         raise invalid(
             "idempotency_key",
-            "This Idempotency-Key was already used for a request with other meters or duration.",
+            "This Idempotency-Key was already used for a request with other meters, duration "
+            "or callback_url.",
         )
     return existing
 

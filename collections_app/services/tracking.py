@@ -32,6 +32,7 @@ from ..models import (
     VendorCall,
 )
 from ..signals import collection_finished
+from . import notices
 
 log = logging.getLogger(__name__)
 
@@ -384,6 +385,7 @@ def settle(request_ids: Iterable[Any]) -> list[Any]:
         )
         finished += locked
     if finished:
+        notices.finished(finished)  # the callbacks, stored with the outcome
         transaction.on_commit(lambda: _announce(finished))
     return finished
 
