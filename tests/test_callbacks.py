@@ -210,10 +210,13 @@ def test_a_transition_rolled_back_tells_nobody(
     from django.db import transaction
 
     request = services.request_collection(["m-1"], callback_url=PUBLIC)
-    with django_capture_on_commit_callbacks(execute=True):
-        with pytest.raises(RuntimeError), transaction.atomic():
-            outcomes.record_outcome(claimed(request), accepted(["m-1"]), call())
-            raise RuntimeError("the database went away")
+    with (
+        django_capture_on_commit_callbacks(execute=True),
+        pytest.raises(RuntimeError),
+        transaction.atomic(),
+    ):
+        outcomes.record_outcome(claimed(request), accepted(["m-1"]), call())
+        raise RuntimeError("the database went away")
     assert heard == [] and not CallbackDelivery.objects.exists()
 
 
