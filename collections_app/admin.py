@@ -21,6 +21,7 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from . import (
+    admin_callbacks,  # noqa: F401  (callback deliveries)
     admin_tracking,  # noqa: F401  (events and tracking calls)
     request_page,
     selectors,
@@ -138,6 +139,7 @@ class CollectionRequestAdmin(admin.ModelAdmin):
             "status_meaning": request_page.STATUS_MEANINGS[Status(obj.status)],
             "meter_rows": request_page.meter_rows(obj),
             "timeline": request_page.timeline(obj),
+            "callbacks": selectors.callback_deliveries(obj),
             "task": task_link(obj.task_id),
             "may_retry": obj.status == Status.FAILED and self.has_retry_permission(request),
             **(extra_context or {}),

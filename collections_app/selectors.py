@@ -11,7 +11,7 @@ from typing import Any
 from django.db.models import Q, QuerySet
 
 from .gate import pauses
-from .models import CollectionRequest, MeterProgress
+from .models import CallbackDelivery, CollectionRequest, MeterProgress
 
 log = logging.getLogger(__name__)
 
@@ -76,3 +76,9 @@ def meters_progress(request: CollectionRequest) -> list[dict[str, object]]:
 def with_progress(queryset: QuerySet) -> QuerySet:
     """`queryset` with each request's meter progress fetched in one more query."""
     return queryset.prefetch_related("meter_progress")
+
+
+def callback_deliveries(request: CollectionRequest, limit: int = 50) -> list[CallbackDelivery]:
+    """The request's latest callback attempts, oldest first (its page lists them)."""
+    rows = CallbackDelivery.objects.filter(request=request).order_by("-created", "-id")[:limit]
+    return list(reversed(rows))

@@ -443,3 +443,24 @@ def test_the_api_refuses_a_bad_callback_url_and_stores_nothing(api: Any, url: An
     assert (body["error"], body["field"]) == ("invalid_param", "callback_url")
     assert body["error_description"].startswith("callback_url ")
     assert not CollectionRequest.objects.exists() and not CallbackDelivery.objects.exists()
+
+
+# --- the admin -------------------------------------------------------------------------------
+
+
+def test_the_admin_shows_every_attempt_read_only(admin_client: Any) -> None:
+    row = stored_attempt()
+    claimed_row = outbox.claim()
+    assert claimed_row is not None
+    outbox.record(claimed_row, Answer(503, "http_503", "answered 503", 40), "ab" * 32)
+    page = admin_client.get(f"/admin/collections_app/collectionrequest/{row.request_id}/change/")
+    html = page.content.decode()
+    assert page.status_code == 200 and 'id="request-callbacks"' in html
+    assert "answered 503" in html and html.count("Reached pending") == 2  # two attempts
+    listing = admin_client.get(f"/admin/collections_app/callbackdelivery/?q={row.request_id}")
+    assert listing.content.decode().count('class="field-request_link"') == 2
+    nothing = admin_client.get("/admin/collections_app/callbackdelivery/?q=not-a-uuid")
+    assert nothing.status_code == 200
+    assert 'class="field-request_link"' not in nothing.content.decode()
+    detail = admin_client.get(f"/admin/collections_app/callbackdelivery/{row.pk}/change/")
+    assert detail.status_code == 200 and 'name="_save"' not in detail.content.decode()
