@@ -139,7 +139,7 @@ def parse_meter_text(text: str) -> list[str]:
     return [part.strip() for part in re.split(r"[,\n\r]+", text or "") if part.strip()]
 
 
-# --- callback URLs (docs/security.md#callbacks) ---------------------------------------------
+# --- callback URLs (docs/security.md, server-side request forgery) --------------------------
 
 
 class RefusedAddress(ValueError):
@@ -147,10 +147,11 @@ class RefusedAddress(ValueError):
 
 
 def clean_callback_url(value: Any) -> str | None:
-    """None (no callback), or an absolute https URL (http too with DEBUG) without userinfo,
-    whose host resolves only to public addresses (any, with COLLECTIONS_CALLBACK_ALLOW_PRIVATE).
-    Refused too while COLLECTIONS_CALLBACK_SECRET is unset: the POSTs could not be signed."""
-    if value is None or value == "":
+    """None (no callback; an empty string is refused), or an absolute https URL (http too
+    with DEBUG) without userinfo, whose host resolves only to public addresses (any, with
+    COLLECTIONS_CALLBACK_ALLOW_PRIVATE). Refused while COLLECTIONS_CALLBACK_SECRET is unset:
+    the POSTs could not be signed."""
+    if value is None:
         return None
     if not settings.COLLECTIONS_CALLBACK_SECRET:
         raise invalid(
@@ -172,10 +173,10 @@ _PORTS = {"https": 443, "http": 80}
 def _callback_parts(value: Any) -> SplitResult:
     """The URL's parts, once its form is checked (scheme, host, no userinfo, length)."""
     schemes = ("https", "http") if settings.DEBUG else ("https",)
-    if not isinstance(value, str) or len(value) > CALLBACK_URL_MAX_LENGTH:
+    if not isinstance(value, str) or not value or len(value) > CALLBACK_URL_MAX_LENGTH:
         raise invalid(
             "callback_url",
-            f"callback_url must be a URL of at most {CALLBACK_URL_MAX_LENGTH} characters.",
+            f"callback_url must be a URL of 1 to {CALLBACK_URL_MAX_LENGTH} characters, or null.",
         )
     if not re.fullmatch(r"[!-~]+", value):
         raise invalid("callback_url", "callback_url may hold printable ASCII characters only.")

@@ -15,6 +15,7 @@ import requests
 import schemathesis
 from django.contrib.auth.models import Permission
 from hypothesis import HealthCheck, settings
+from schemathesis.generation import GenerationMode
 
 from collections_app.models import CollectionRequest
 from collections_app.services import tokens
@@ -64,6 +65,10 @@ def test_served_schema_is_the_tested_one(live_server: Any) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 def test_generated_requests(case: Any, live_server: Any, token: str) -> None:
+    if case.meta.generation.mode == GenerationMode.POSITIVE and isinstance(case.body, dict):
+        # Whether a valid callback_url is taken depends on DNS and on
+        # COLLECTIONS_CALLBACK_SECRET, which no schema can say; tests/test_callbacks.py does.
+        case.body.pop("callback_url", None)
     case.call_and_validate(base_url=live_server.url, headers={"Authorization": f"Bearer {token}"})
 
 

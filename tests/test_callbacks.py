@@ -59,7 +59,7 @@ def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
 
 def test_a_public_https_url_is_taken_and_none_is_no_callback() -> None:
     assert clean_callback_url(PUBLIC) == PUBLIC
-    assert clean_callback_url(None) is None and clean_callback_url("") is None
+    assert clean_callback_url(None) is None
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_a_public_https_url_is_taken_and_none_is_no_callback() -> None:
         ("https://user@93.184.216.34/cb", "user name or password"),
         ("https://93.184.216.34:99999/cb", "not a valid URL"),
         ("https://93.184.216.34/a b", "printable ASCII"),
-        ("https://93.184.216.34/" + "a" * 2000, "at most 2000"),
+        ("https://93.184.216.34/" + "a" * 2000, "1 to 2000 characters"),
         ("https://127.0.0.1/cb", "resolves to 127.0.0.1"),
         ("https://localhost/cb", "loopback, private or reserved"),
         ("https://10.1.2.3/cb", "resolves to 10.1.2.3"),
@@ -89,7 +89,8 @@ def test_a_public_https_url_is_taken_and_none_is_no_callback() -> None:
         ("https://[64:ff9b::a00:1]/cb", "resolves to 64:ff9b::a00:1"),  # NAT64 of 10.0.0.1
         ("https://[2002:c0a8:101::1]/cb", "resolves to 2002:c0a8:101::1"),  # 6to4 192.168.1.1
         ("https://no-such-host.invalid/cb", "does not resolve"),
-        (12, "at most 2000"),
+        (12, "1 to 2000 characters"),
+        ("", "1 to 2000 characters"),
     ],
 )
 def test_refused_callback_urls_name_the_reason(url: Any, says: str) -> None:
@@ -189,6 +190,21 @@ def test_pending_stores_a_due_attempt_and_signals_once_after_commit(
     (delivery,) = CallbackDelivery.objects.all()
     assert (delivery.request_id, delivery.moment, delivery.attempt) == (request.pk, "pending", 1)
     assert delivery.tried_at is None and delivery.next_attempt_at <= timezone.now()
+
+
+def test_a_shared_post_asks_for_one_sending_task(
+    settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    settings.COLLECTIONS_BATCH_MAX_METERS = 10
+    first = services.request_collection(["m-1"], callback_url=PUBLIC)
+    for meter in ["m-2", "m-3"]:
+        services.request_collection([meter], callback_url=PUBLIC)
+    batch = leases.claim(first.pk, "task-1")
+    assert len(batch) == 3
+    with django_capture_on_commit_callbacks() as hooks:
+        outcomes.record_outcome(batch, accepted(["m-1", "m-2", "m-3"]), call())
+    assert CallbackDelivery.objects.count() == 3
+    assert sum(hook is outbox.kick for hook in hooks) == 1
 
 
 def test_failed_and_retried_again_is_told_each_time(

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from collections_app import selectors, services
 from collections_app.api.serializers import as_json
@@ -201,7 +202,7 @@ def test_a_private_address_is_refused_at_creation_and_at_send_time(
     hook = receiver()
     callback_worker(COLLECTIONS_CALLBACK_ALLOW_PRIVATE="0")  # the worker refuses loopback
     settings.COLLECTIONS_CALLBACK_ALLOW_PRIVATE = False
-    with pytest.raises(Exception, match="loopback, private or reserved"):
+    with pytest.raises(ValidationError, match="loopback, private or reserved"):
         services.request_collection(["m-1"], callback_url=hook.url)
     assert not CollectionRequest.objects.exists() and not CallbackDelivery.objects.exists()
     # Accepted while allowed here, as if DNS answered otherwise then: the worker checks again.

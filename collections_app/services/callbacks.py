@@ -39,7 +39,9 @@ def queue(request_ids: Sequence[Any], moment: str) -> list[Any]:
         CallbackDelivery(request_id=pk, moment=moment, moment_at=now, next_attempt_at=now)
         for pk in request_ids
     )
-    transaction.on_commit(kick, robust=True)
+    connection = transaction.get_connection()
+    if not any(hook is kick for _, hook, _ in connection.run_on_commit):
+        transaction.on_commit(kick, robust=True)  # once per transaction: one task sends them all
     return [row.pk for row in rows]
 
 
