@@ -16,12 +16,11 @@ from urllib.parse import urlsplit
 import urllib3
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 
-from .validation import RefusedAddress, public_addresses
+from .validation import DEFAULT_PORTS, RefusedAddress, public_addresses
 
 SIGNATURE_HEADER = "X-Collections-Signature"
 CONNECT_TIMEOUT, READ_TIMEOUT = 3.0, 5.0  # seconds
 READ_LIMIT = 4096  # bytes of the receiver's answer read, at most
-PORTS = {"https": 443, "http": 80}
 
 
 def signature(body: bytes, secret: str, timestamp: int) -> str:
@@ -54,7 +53,7 @@ def post(url: str, body: bytes, headers: dict[str, str]) -> Answer:
 
     parts = urlsplit(url)
     host = parts.hostname or ""
-    port = parts.port or PORTS[parts.scheme]
+    port = parts.port or DEFAULT_PORTS[parts.scheme]
     try:
         address = public_addresses(host, port)[0]
     except RefusedAddress as err:

@@ -161,13 +161,13 @@ def clean_callback_url(value: Any) -> str | None:
         )
     parts = _callback_parts(value)
     try:
-        public_addresses(parts.hostname or "", parts.port or _PORTS[parts.scheme])
+        public_addresses(parts.hostname or "", parts.port or DEFAULT_PORTS[parts.scheme])
     except RefusedAddress as err:
         raise invalid("callback_url", f"callback_url is refused: {err}") from None
     return value
 
 
-_PORTS = {"https": 443, "http": 80}
+DEFAULT_PORTS = {"https": 443, "http": 80}  # the port a callback URL without one uses
 
 
 def _callback_parts(value: Any) -> SplitResult:

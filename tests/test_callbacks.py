@@ -297,6 +297,7 @@ def test_an_attempt_is_claimed_once() -> None:
     first = outbox.claim()
     assert first is not None and first.pk == row.pk and first.lease_expires_at is not None
     assert outbox.claim() is None  # leased: no second worker sends it
+    assert outbox.seconds_until_next_due() is None  # nor is a follow-up asked for it
     CallbackDelivery.objects.update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     again = outbox.claim()  # the first worker died holding it
     assert again is not None and again.pk == row.pk

@@ -26,6 +26,7 @@ TASK = "collections_app.tasks.deliver_callbacks"  # by name: services never impo
 LEASE_SECONDS = 30  # a claimed attempt's hold: well past the POST's timeouts
 MAX_STEP_SECONDS = 3600  # the backoff's cap
 FOLLOW_UP_KEY = "collections:callbacks:follow_up"  # set while a follow-up message waits
+MIN_FOLLOW_UP_SECONDS = 0.5  # a follow-up never comes sooner: no task loops on a busy row
 
 
 def queue(request_ids: Sequence[Any], moment: str) -> list[Any]:
@@ -63,16 +64,21 @@ def follow_up() -> None:
     if wait is None or wait >= settings.COLLECTIONS_SWEEP_INTERVAL_SECONDS:
         return
     try:
-        if redis_state.connection().set(FOLLOW_UP_KEY, "1", nx=True, px=int(wait * 1000) + 1):
+        wait = max(wait, MIN_FOLLOW_UP_SECONDS)
+        if redis_state.connection().set(FOLLOW_UP_KEY, "1", nx=True, px=int(wait * 1000)):
             kick(countdown=wait)
     except Exception as err:  # redis errors vary; beat's periodic run is the safety net
         log.warning("cannot schedule the callbacks' follow-up: %s", type(err).__name__)
 
 
+def free(now: datetime) -> Q:
+    """Attempts no worker holds: never claimed, or the claim ran out."""
+    return Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
+
+
 def due(now: datetime) -> Any:
     """Attempts not yet tried, due, and held by no worker."""
-    free = Q(lease_expires_at__isnull=True) | Q(lease_expires_at__lt=now)
-    return CallbackDelivery.objects.filter(free, tried_at=None, next_attempt_at__lte=now)
+    return CallbackDelivery.objects.filter(free(now), tried_at=None, next_attempt_at__lte=now)
 
 
 def claim() -> CallbackDelivery | None:
@@ -140,7 +146,9 @@ def backoff(attempt: int) -> float:
 
 
 def seconds_until_next_due() -> float | None:
-    """Until the next untried attempt falls due (0 if one is due now); None: none waits."""
+    """Until the next untried attempt no worker holds falls due (0 if one is due now); None:
+    none waits. (A held one is its sender's to record, and to follow up.)"""
     now = timezone.now()
-    at = CallbackDelivery.objects.filter(tried_at=None).aggregate(at=Min("next_attempt_at"))["at"]
+    waiting = CallbackDelivery.objects.filter(free(now), tried_at=None)
+    at = waiting.aggregate(at=Min("next_attempt_at"))["at"]
     return None if at is None else max((at - now).total_seconds(), 0.0)
