@@ -481,3 +481,14 @@ def test_the_admin_shows_every_attempt_read_only(admin_client: Any) -> None:
     assert 'class="field-request_link"' not in nothing.content.decode()
     detail = admin_client.get(f"/admin/collections_app/callbackdelivery/{row.pk}/change/")
     assert detail.status_code == 200 and 'name="_save"' not in detail.content.decode()
+
+
+def test_deploy_check_warns_of_private_callbacks_outside_development(settings: Any) -> None:
+    from collections_app.checks import callbacks_to_private_addresses
+
+    assert callbacks_to_private_addresses() == []
+    settings.COLLECTIONS_CALLBACK_ALLOW_PRIVATE = True
+    (warning,) = callbacks_to_private_addresses()
+    assert warning.id == "collections.W001"
+    settings.DEBUG = True
+    assert callbacks_to_private_addresses() == []
