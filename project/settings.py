@@ -306,6 +306,7 @@ OPS_STALL_WARNING_SECONDS = env_int(
 # Timeout of each machinery probe (Redis, worker ping): a dead part shows red this fast.
 OPS_PROBE_TIMEOUT_SECONDS = env_float("OPS_PROBE_TIMEOUT_SECONDS", 0.5, minimum=0.05)
 OPS_REFRESH_SECONDS = env_int("OPS_REFRESH_SECONDS", 5, minimum=1)
+OPS_FIGURES_MAX_AGE_SECONDS = env_int("OPS_FIGURES_MAX_AGE_SECONDS", 10, minimum=0)
 # /metrics answers a bearer of this token, or a staff session; unset, staff sessions only.
 METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")
 
