@@ -229,9 +229,9 @@ def vendor(settings: Any, redis_db: Any) -> Any:
         yield mock
 
 
-def vendor_meter(uid: Any, authorization: str = "77", **extra: Any) -> dict[str, Any]:
+def vendor_meter(uid: Any, auth_uid: str = "77", **extra: Any) -> dict[str, Any]:
     """A meter as the real UtilityAPI shows it: authorization_uid, no authorization object."""
-    return {"uid": uid, "authorization_uid": authorization, "utility": "PG&E", "status": "updated",
+    return {"uid": uid, "authorization_uid": auth_uid, "utility": "PG&E", "status": "updated",
             **extra}  # fmt: skip
 
 
@@ -244,8 +244,9 @@ def test_real_vendor_shape_unknown_and_missing_attributes(vendor: Any) -> None:
         vendor_meter("4", "exp"),
         vendor_meter("5", "old"),
         # An inline authorization object is not the vendor's: ignored.
-        vendor_meter("6", status="errored", is_archived=True, utility=None,
-                     authorization={"revoked": True, "expired": True}),  # fmt: skip
+        vendor_meter(
+            "6", status="errored", is_archived=True, utility=None, authorization={"revoked": True}
+        ),
         {"uid": ""},
         {"uid": "has space"},
         {"no_uid": True},
@@ -273,7 +274,7 @@ def test_real_vendor_shape_unknown_and_missing_attributes(vendor: Any) -> None:
     assert (
         rows["6"].is_archived and rows["6"].utility == "" and rows["6"].vendor_status == "errored"
     )
-    assert not (rows["6"].authorization_revoked or rows["6"].authorization_expired)
+    assert not rows["6"].authorization_revoked and rows["6"].raw["authorization"]
     assert vendor.calls[0].request.headers["Authorization"] == "Bearer t0ken"
 
 
