@@ -311,8 +311,9 @@ def test_an_event_for_an_unknown_authorization_creates_its_row(synced: Any, clie
         client,
         event("u1", "revoked", "9999"),
         {"uid": "u2", "type": "authorization_revoked", "ts": None},  # no authorization: ignored
+        event("u3", "revoked", "has space"),  # no usable uid: ignored
     )
-    assert tracking.process_events() == 2
+    assert tracking.process_events() == 3
     row = Authorization.objects.get(uid="9999")
     assert row.is_revoked and row.synced_at is None and row.raw == {}
     assert Authorization.objects.count() == 5 + 3 + 1

@@ -111,7 +111,7 @@ def authorization_from_vendor(item: Any, now: datetime) -> Authorization | None:
     if not isinstance(item, dict):
         return None
     uid = vendor_text(item.get("uid"))
-    if not uid or len(uid) > UID_MAX_LENGTH or not uid_characters_ok(uid):
+    if not usable_uid(uid):
         return None
     return Authorization(
         uid=uid,
@@ -125,6 +125,11 @@ def authorization_from_vendor(item: Any, now: datetime) -> Authorization | None:
         raw=item,
         synced_at=now,
     )
+
+
+def usable_uid(uid: str) -> bool:
+    """An authorization uid worth a row: 1–64 characters, none a space or a control."""
+    return 0 < len(uid) <= UID_MAX_LENGTH and uid_characters_ok(uid)
 
 
 # --- the meters' copy ---------------------------------------------------------------------
@@ -189,8 +194,8 @@ def apply_events(events: Sequence[Event]) -> int:
 
     An event older than what the row already knows (its sync, or a later event) changes
     nothing. An event for an authorization no sync has listed yet creates its row, which the
-    next sync completes; events without an authorization_uid are ignored."""
-    relevant = [e for e in events if e.type in EVENT_CHANGES and e.authorization_uid]
+    next sync completes; events without a usable authorization_uid are ignored."""
+    relevant = [e for e in events if e.type in EVENT_CHANGES and usable_uid(e.authorization_uid)]
     if not relevant:
         return 0
     relevant.sort(key=lambda e: (_when(e), e.pk or 0))
