@@ -186,6 +186,7 @@ class Meter(models.Model):
     status_message = models.TextField(blank=True)
     is_activated = models.BooleanField(default=False)
     is_archived = models.BooleanField(default=False)
+    # Copied from the meter's Authorization row (services/authorizations.py).
     authorization_revoked = models.BooleanField(default=False)
     authorization_expired = models.BooleanField(default=False)
     raw = models.JSONField(default=dict, blank=True, help_text="The vendor's object, as synced.")
