@@ -32,13 +32,12 @@ from ..models import (
     Meter,
 )
 from ..validation import uid_characters_ok
-from .pages import read_pages
+from .pages import read_pages, rows_by_uid, upsert
 
 log = logging.getLogger(__name__)
 
 PATH = "/authorizations"
 ENDPOINT = "GET /authorizations"
-UPSERT_CHUNK = 500  # rows per INSERT … ON CONFLICT statement
 SYNCED_FIELDS = [
     "status", "revoked", "is_revoked", "expires", "is_expired", "is_declined", "is_test",
     "raw", "synced_at",
@@ -73,24 +72,12 @@ def sync_authorizations(client: UtilityAPIClient) -> AuthorizationSyncResult:
 
 
 def _upsert_page(items: list[Any], result: AuthorizationSyncResult) -> None:
-    now = timezone.now()
-    rows: dict[str, Authorization] = {}
-    for item in items:
-        row = authorization_from_vendor(item, now)
-        if row is None:
-            result.invalid += 1
-            continue
-        rows[row.uid] = row  # a uid twice on a page: the last wins
+    rows, invalid = rows_by_uid(items, authorization_from_vendor, timezone.now())
+    result.invalid += invalid
     uids = list(rows)
     with transaction.atomic():
         existing = Authorization.objects.filter(uid__in=uids).count()
-        Authorization.objects.bulk_create(
-            rows.values(),
-            batch_size=UPSERT_CHUNK,
-            update_conflicts=True,
-            unique_fields=["uid"],
-            update_fields=SYNCED_FIELDS,
-        )
+        upsert(Authorization, rows.values(), SYNCED_FIELDS)
         refresh_meters(Meter.objects.filter(authorization_uid__in=uids))
         counts = Authorization.objects.filter(uid__in=uids).aggregate(
             revoked=Count("pk", filter=AUTHORIZATION_REVOKED),

@@ -1,6 +1,7 @@
 """Reading one of UtilityAPI's paged listings (GET /authorizations, GET /meters) through the
 fleet's gate: each page's items in turn, transient errors retried per page, a short pause
-waited out and a long one stopping the read, and every `next` link checked.
+waited out and a long one stopping the read, and every `next` link checked; and storing a
+page's objects by uid.
 
 Vendor facts: listings give at most 1000 items a page, with `next` (a full URL, or null on the
 last page).
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from typing import Any, TypeVar
 
 from django.conf import settings
 
@@ -23,6 +25,8 @@ from . import policy
 log = logging.getLogger(__name__)
 
 PAGE_ATTEMPTS = 3  # tries per page on 429, 503, 504 and network errors
+UPSERT_CHUNK = 500  # rows per INSERT … ON CONFLICT statement
+Row = TypeVar("Row")
 
 
 class SyncPaused(TransientError):
@@ -82,3 +86,30 @@ def _retry_wait(err: TransientError, attempt: int) -> float | None:
         return None
     wait = (err.retry_after or 0.0) if isinstance(err, Throttled) else policy.backoff(attempt)
     return wait if wait <= settings.METERS_SYNC_MAX_WAIT_SECONDS else None
+
+
+def rows_by_uid(
+    items: Iterable[Any], parse: Callable[[Any, datetime], Row | None], now: datetime
+) -> tuple[dict[str, Row], int]:
+    """A page's objects parsed into unsaved rows keyed by uid, and how many had no usable uid
+    (skipped). A uid twice on a page: the last wins (one row per upsert statement)."""
+    rows: dict[str, Row] = {}
+    invalid = 0
+    for item in items:
+        row = parse(item, now)
+        if row is None:
+            invalid += 1
+            continue
+        rows[row.uid] = row  # type: ignore[attr-defined]
+    return rows, invalid
+
+
+def upsert(model: Any, rows: Iterable[Any], fields: list[str]) -> None:
+    """INSERT … ON CONFLICT (uid) DO UPDATE of `fields`, in chunks."""
+    model.objects.bulk_create(
+        rows,
+        batch_size=UPSERT_CHUNK,
+        update_conflicts=True,
+        unique_fields=["uid"],
+        update_fields=fields,
+    )

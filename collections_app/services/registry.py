@@ -25,13 +25,12 @@ from ..client import UtilityAPIClient, get_client, vendor_text
 from ..models import Meter
 from ..validation import clean_meters
 from . import authorizations
-from .pages import SyncPaused, read_pages
+from .pages import SyncPaused, read_pages, rows_by_uid, upsert
 
 log = logging.getLogger(__name__)
 
 METERS_PATH = "/meters"
 ENDPOINT = "GET /meters"
-UPSERT_CHUNK = 500  # rows per INSERT … ON CONFLICT statement
 # What the registry keeps of a vendor meter (shown by the admin too), and what a sync writes;
 # the authorization flags are copied from the Authorization rows (refresh_meters).
 VENDOR_FIELDS = (
@@ -99,24 +98,12 @@ def sync_meters(
 def _upsert_page(items: list[Any], result: SyncResult) -> None:
     """Insert or update the page's meters in chunks (INSERT … ON CONFLICT (uid) DO UPDATE),
     then copy their authorizations' state onto them, in one transaction."""
-    now = timezone.now()
-    rows: dict[str, Meter] = {}
-    for item in items:
-        meter = meter_from_vendor(item, now)
-        if meter is None:
-            result.invalid += 1
-            continue
-        rows[meter.uid] = meter  # a uid twice on a page: the last wins (one row per statement)
+    rows, invalid = rows_by_uid(items, meter_from_vendor, timezone.now())
+    result.invalid += invalid
     page = Meter.objects.filter(uid__in=list(rows))
     with transaction.atomic():
         existing = page.count()
-        Meter.objects.bulk_create(
-            rows.values(),
-            batch_size=UPSERT_CHUNK,
-            update_conflicts=True,
-            unique_fields=["uid"],
-            update_fields=SYNCED_FIELDS,
-        )
+        upsert(Meter, rows.values(), SYNCED_FIELDS)
         authorizations.refresh_meters(page)
         counts = page.aggregate(
             revoked=Count("pk", filter=Q(authorization_revoked=True)),
