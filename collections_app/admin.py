@@ -22,6 +22,7 @@ from django.utils.html import format_html
 
 from . import (
     admin_callbacks,  # noqa: F401  (callback deliveries)
+    admin_filters,
     admin_tracking,  # noqa: F401  (events and tracking calls)
     request_page,
     selectors,
@@ -61,13 +62,13 @@ class CollectionRequestAdmin(admin.ModelAdmin):
     list_filter = [
         "status",
         "collection_outcome",
-        "error",
+        admin_filters.FailedErrorFilter,
         "source",
-        "collection_duration",
+        admin_filters.DurationFilter,
         "created",
     ]
     search_fields = ["id", "meters"]
-    date_hierarchy = "created"
+    # No date_hierarchy: its drill-down lists the dates present with a scan of every row.
     list_per_page = 50
     show_full_result_count = False
     actions = ["retry_failed"]

@@ -28,7 +28,8 @@ from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html, format_html_join
 
 from . import pricing, sync_jobs
-from .models import COLLECTABLE, MAX_MONTHS, MIN_MONTHS, Meter
+from .admin_authorizations import badges, with_state
+from .models import COLLECTABLE, MAX_MONTHS, MIN_MONTHS, Authorization, Meter
 from .permissions import may_trigger
 from .services import bulk_trigger
 from .services.registry import VENDOR_FIELDS
@@ -137,7 +138,16 @@ class MeterAdmin(admin.ModelAdmin):
     list_per_page = 100
     show_full_result_count = False
     actions = ["trigger_collection"]
-    fields = ("uid", *VENDOR_FIELDS, "last_request_link", "synced_at", "raw_json")
+    fields = (
+        "uid",
+        *VENDOR_FIELDS,
+        "authorization_revoked",
+        "authorization_expired",
+        "authorization",
+        "last_request_link",
+        "synced_at",
+        "raw_json",
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -206,6 +216,23 @@ class MeterAdmin(admin.ModelAdmin):
         if not names:
             return format_html('<span style="color:{}">ok</span>', "#2a7a2a")
         return format_html_join(" ", BADGE, ((BADGE_COLOURS[n], n) for n in names))
+
+    @admin.display(description="authorization (GET /authorizations)")
+    def authorization(self, meter: Meter) -> str:
+        """The meter's authorization as synced: its state, times, and a link to its page."""
+        found = with_state(Authorization.objects.filter(uid=meter.authorization_uid)).first()
+        if found is None:
+            return "not listed by GET /authorizations (yet): counted as neither revoked nor expired"
+        url = reverse("admin:collections_app_authorization_change", args=[found.pk])
+        return format_html(
+            '<a href="{}">{}</a> {} status {}, revoked {}, expires {}',
+            url,
+            found.uid,
+            badges(found),
+            found.status or "-",
+            _when(found.revoked) if found.revoked else "-",
+            _when(found.expires) if found.expires else "-",
+        )
 
     @admin.display(description="last collection request", ordering="last_request__created")
     def last_request_link(self, meter: Meter) -> str:

@@ -88,6 +88,13 @@ def parse_vendor_time(value: Any) -> datetime | None:
     return parsed
 
 
+def vendor_text(value: Any, limit: int | None = None) -> str:
+    """A string field from a vendor object: numbers become text, anything else empty."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return ""
+    return str(value)[:limit]
+
+
 def _json_object(response: requests.Response) -> dict[str, Any] | None:
     try:
         body = json.loads(response.content or b"")

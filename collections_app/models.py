@@ -5,6 +5,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 
 # The rules every entry point shares, in one place (collections_app.validation applies them).
 MIN_MONTHS, MAX_MONTHS = 1, 36  # the collection_duration UtilityAPI takes
@@ -122,9 +123,16 @@ class CollectionRequest(models.Model):
             models.Index(
                 fields=["next_attempt_at"], condition=Q(status="submitted"), name="due_submitted"
             ),
-            models.Index(fields=["status", "-created"], name="status_created"),
+            # The dashboard counts from indexes alone (index-only scans): requests by status
+            # and outcome, created / finished per bucket, failures by error.
+            models.Index(
+                fields=["status", "-created"], include=["collection_outcome"], name="status_created"
+            ),
             models.Index(fields=["-created"], name="created_desc"),
-            models.Index(fields=["error"], condition=Q(status="failed"), name="failed_error"),
+            models.Index(fields=["status", "updated"], name="status_updated"),
+            models.Index(
+                fields=["error", "updated"], condition=Q(status="failed"), name="failed_error"
+            ),
             # The dashboard's collections finished today, by outcome.
             models.Index(
                 fields=["collection_outcome", "collection_finished_at"],
@@ -194,10 +202,13 @@ class Meter(models.Model):
     status_message = models.TextField(blank=True)
     is_activated = models.BooleanField(default=False)
     is_archived = models.BooleanField(default=False)
+    # Copied from the meter's Authorization row (services/authorizations.py).
     authorization_revoked = models.BooleanField(default=False)
     authorization_expired = models.BooleanField(default=False)
     raw = models.JSONField(default=dict, blank=True, help_text="The vendor's object, as synced.")
     synced_at = models.DateTimeField()
+    # The newest request naming this meter: kept by a database trigger on each INSERT of a
+    # request (migration 0005), so storing a request stays one statement.
     last_request = models.ForeignKey(
         CollectionRequest, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -209,8 +220,51 @@ class Meter(models.Model):
         return self.uid
 
 
-# A meter the bulk trigger collects: its authorization live, the meter not archived.
+# A meter the bulk trigger collects: its authorization live, the meter not archived. The two
+# authorization flags are copied from the meter's Authorization row (AUTHORIZATION_REVOKED,
+# AUTHORIZATION_EXPIRED) by services/authorizations.py.
 COLLECTABLE = Q(authorization_revoked=False, authorization_expired=False, is_archived=False)
+
+
+class Authorization(models.Model):
+    """A customer's authorization as UtilityAPI's GET /authorizations last described it, or
+    as an authorization_* event changed it since (services/authorizations.py). Meters name
+    theirs by `authorization_uid`; revocation and expiry are the authorization's, not the
+    meter's."""
+
+    uid = models.CharField(max_length=UID_MAX_LENGTH, unique=True)
+    status = models.CharField(max_length=32, blank=True)
+    revoked = models.DateTimeField(null=True, blank=True, help_text="The earliest revocation.")
+    is_revoked = models.BooleanField(default=False)
+    expires = models.DateTimeField(
+        null=True, blank=True, help_text="Empty when the vendor gave no time (a preset string)."
+    )
+    is_expired = models.BooleanField(default=False)
+    is_declined = models.BooleanField(default=False)
+    is_test = models.BooleanField(default=False)
+    raw = models.JSONField(default=dict, blank=True, help_text="The vendor's object, as synced.")
+    synced_at = models.DateTimeField(
+        null=True, blank=True, help_text="Empty: known only from an event so far."
+    )
+    event_ts = models.DateTimeField(
+        null=True, blank=True, help_text="The time of the latest event applied to it."
+    )
+
+    class Meta:
+        ordering = ["uid"]
+        indexes = [
+            models.Index(fields=["expires"], condition=Q(is_expired=False), name="auth_expires")
+        ]
+
+    def __str__(self) -> str:
+        return self.uid
+
+
+# The one rule for an authorization that stops its meters from being collected: revoked (the
+# flag, or a revocation time), or expired (the flag, or an expiry time that has passed, even
+# when the vendor's is_expired was still false when it was read).
+AUTHORIZATION_REVOKED = Q(is_revoked=True) | Q(revoked__isnull=False)
+AUTHORIZATION_EXPIRED = Q(is_expired=True) | Q(expires__lte=Now())
 
 
 # --- collection tracking (services/tracking.py) -----------------------------------------------

@@ -56,7 +56,10 @@ def parse_sweep_record(raw: bytes | str | None) -> dict[str, Any] | None:
 
 def meters_progress(request: CollectionRequest) -> list[dict[str, object]]:
     """Per accepted meter, in the order UtilityAPI accepted them: its stage, status and when
-    either last changed (null before anything is known). Reads `meter_progress` prefetched."""
+    either last changed (null before anything is known). Reads `meter_progress` prefetched;
+    a request nothing was accepted for yet (a new one) costs no query."""
+    if not request.accepted_meters:
+        return []
     rows: dict[str, MeterProgress] = {row.meter: row for row in request.meter_progress.all()}
     out: list[dict[str, object]] = []
     for meter in request.accepted_meters or []:

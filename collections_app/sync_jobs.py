@@ -106,5 +106,6 @@ def _so_far(counts: dict[str, Any]) -> str:
 def _counts(counts: dict[str, Any]) -> str:
     return (
         f"{counts.get('seen', 0):,} meter(s) in {counts.get('pages', 0)} page(s): "
-        f"{counts.get('created', 0):,} new, {counts.get('updated', 0):,} updated"
+        f"{counts.get('created', 0):,} new, {counts.get('updated', 0):,} updated; "
+        f"{counts.get('authorizations', 0):,} authorization(s) read first"
     )

@@ -46,7 +46,7 @@ def advance(state: SandboxState, now: float) -> None:
 def revoke(state: SandboxState, authorization_uids: list[str], now: float) -> None:
     """Revoke authorizations, as their user would at the utility."""
     for uid in authorization_uids:
-        state.revoked_authorizations.add(uid)
+        state.revoked_authorizations.setdefault(uid, now)  # the earliest revocation counts
         emit(state, "authorization_revoked", now, authorization_uid=uid)
 
 

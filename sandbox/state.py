@@ -5,7 +5,8 @@ Registry: `meter_count` meters with uids from 100000, ten per authorization (uid
 every 20th authorization is revoked and the one before it expired. Any other well-formed uid is
 an existing meter too (of authorization 4000), except uids starting with "missing" (unknown),
 "revoked" or "expired" (dropped; authorizations 4001 and 4002), so tests can name the case they
-need. Meters whose uid starts with "errored" end their collection `errored`.
+need. Meters whose uid starts with "errored" end their collection `errored`. As the vendor's,
+meters carry only their `authorization_uid`; revocation and expiry are in GET /authorizations.
 """
 
 from __future__ import annotations
@@ -89,9 +90,6 @@ KNOBS = {
     "latency_ms": Knob(0, _number(0), "Delay before each vendor answer, in ms."),
     "collection_delay": Knob(10.0, _number(0), "Seconds a collection runs before it ends."),
     "error_fraction": Knob(0.0, _number(0, 1), "Share of collections that end errored."),
-    "inline_authorization": Knob(
-        True, _flag, "Meters carry an `authorization: {revoked, expired}` object."
-    ),
     "webhook_url": Knob("", _url, "Where events are posted (empty: no webhooks)."),
     "webhook_secret": Knob("", _text, "The secret webhook posts are signed with."),
     "webhook_batch": Knob(100, _count, "Events per webhook post, at most."),
@@ -133,7 +131,6 @@ class SandboxState:
     latency_ms: float
     collection_delay: float
     error_fraction: float
-    inline_authorization: bool
     webhook_url: str
     webhook_secret: str
     webhook_batch: int
@@ -188,7 +185,7 @@ class SandboxState:
             self.triggered: dict[str, float] = {}  # meter uid: when its collection started
             self.collections: dict[str, Collection] = {}  # running, by meter uid
             self.finished: dict[str, dict[str, Any]] = {}  # meter uid: its fields once ended
-            self.revoked_authorizations: set[str] = set()  # revoked later, by a test
+            self.revoked_authorizations: dict[str, float] = {}  # revoked later: uid, when
             self.events: dict[str, dict[str, Any]] = {}  # by uid, oldest first
             self.unposted: list[str] = []  # uids of events no webhook post carried yet
             self.outbox: list[dict[str, Any]] = []  # refused posts to resend: events, due, tries
@@ -198,7 +195,7 @@ class SandboxState:
     def authorization(self, a: int) -> dict[str, Any]:
         """Registry authorization number a, in the vendor's shape."""
         uid = str(5000 + a)
-        revoked = a % 20 == 19 or uid in self.revoked_authorizations
+        revoked = REVOKED_AT if a % 20 == 19 else self._revoked_at(uid)
         return _authorization(uid, revoked, a % 20 == 18)
 
     def authorizations(self) -> list[dict[str, Any]]:
@@ -244,8 +241,6 @@ class SandboxState:
             **fields,
         }
         meter.update(self.finished.get(uid, {}))
-        if self.inline_authorization:
-            meter["authorization"] = {"revoked": auth["is_revoked"], "expired": auth["is_expired"]}
         return meter
 
     def _loose_authorization(self, uid: str) -> dict[str, Any] | None:
@@ -254,8 +249,13 @@ class SandboxState:
             return None
         kind = next((k for k in ("revoked", "expired") if uid.startswith(k)), "ok")
         auth_uid, revoked, expired = LOOSE_AUTHORIZATIONS[kind]
-        return _authorization(auth_uid, revoked or auth_uid in self.revoked_authorizations,
+        return _authorization(auth_uid, REVOKED_AT if revoked else self._revoked_at(auth_uid),
                               expired)  # fmt: skip
+
+    def _revoked_at(self, uid: str) -> str | None:
+        """When a test revoked authorization `uid` (/_sandbox/revoke), if it did."""
+        when = self.revoked_authorizations.get(uid)
+        return None if when is None else iso(when)
 
     def classify(self, uid: str) -> str:
         """'ok', 'dropped' or 'missing' for one well-formed uid."""
@@ -288,14 +288,15 @@ class SandboxState:
         return None
 
 
-def _authorization(uid: str, revoked: bool, expired: bool) -> dict[str, Any]:
+def _authorization(uid: str, revoked: str | None, expired: bool) -> dict[str, Any]:
+    """An authorization in the vendor's shape; `revoked` is when it was, or None."""
     return {
         "uid": uid,
         "status": "updated",
         "declined": None,
         "is_declined": False,
-        "revoked": REVOKED_AT if revoked else None,
-        "is_revoked": revoked,
+        "revoked": revoked,
+        "is_revoked": revoked is not None,
         "expires": EXPIRED_AT if expired else EXPIRES,
         "is_expired": expired,
         "is_test": False,

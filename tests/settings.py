@@ -16,5 +16,6 @@ os.environ.setdefault("UTILITYAPI_TOKEN", "sandbox-token")
 if not os.environ["CELERY_BROKER_URL"].startswith("redis"):  # RabbitMQ: see tests/conftest.py
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/1")
 os.environ.setdefault("COLLECTIONS_COALESCE_WINDOW_MS", "0")
+os.environ.setdefault("OPS_FIGURES_MAX_AGE_SECONDS", "0")  # each test sees its own rows
 
 from project.settings import *  # noqa: F403

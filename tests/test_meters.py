@@ -86,7 +86,7 @@ def test_revocation_shows_after_the_next_sync(sandbox: Any) -> None:
     sandbox.state.meter_count = 1500
     registry.sync_meters()
     assert not Meter.objects.filter(authorization_uid="5003", authorization_revoked=True).exists()
-    sandbox.state.revoked_authorizations.add("5003")  # meters 100030–100039
+    sandbox.state.revoked_authorizations["5003"] = time.time()  # meters 100030–100039
     sandbox.state.triggered["100040"] = 0.0  # the vendor now reports a running collection
     registry.sync_meters()
     revoked = set(Meter.objects.filter(authorization_revoked=True).values_list("uid", flat=True))
@@ -225,12 +225,14 @@ def vendor(settings: Any, redis_db: Any) -> Any:
     settings.UTILITYAPI_TOKEN = "t0ken"
     settings.COLLECTIONS_RETRY_BASE_SECONDS = 0.01
     with responses.RequestsMock() as mock:
+        mock.get(f"{BASE}/authorizations", json={"authorizations": [], "next": None})
         yield mock
 
 
-def vendor_meter(uid: Any, **extra: Any) -> dict[str, Any]:
+def vendor_meter(uid: Any, auth_uid: str = "77", **extra: Any) -> dict[str, Any]:
     """A meter as the real UtilityAPI shows it: authorization_uid, no authorization object."""
-    return {"uid": uid, "authorization_uid": "77", "utility": "PG&E", "status": "updated", **extra}
+    return {"uid": uid, "authorization_uid": auth_uid, "utility": "PG&E", "status": "updated",
+            **extra}  # fmt: skip
 
 
 @pytest.mark.django_db
@@ -238,10 +240,13 @@ def test_real_vendor_shape_unknown_and_missing_attributes(vendor: Any) -> None:
     page = [
         vendor_meter("1", is_activated=False),
         {"uid": 2},  # a number, and nothing else: defaults
-        vendor_meter("3", authorization={"revoked": "2024-05-01T10:00:00Z", "expires": None}),
-        vendor_meter("4", authorization={"is_expired": True}),
-        vendor_meter("5", authorization={"expires": "2001-01-01T00:00:00"}),
-        vendor_meter("6", status="errored", is_archived=True, utility=None),
+        vendor_meter("3", "rev"),
+        vendor_meter("4", "exp"),
+        vendor_meter("5", "old"),
+        # An inline authorization object is not the vendor's: ignored.
+        vendor_meter(
+            "6", status="errored", is_archived=True, utility=None, authorization={"revoked": True}
+        ),
         {"uid": ""},
         {"uid": "has space"},
         {"no_uid": True},
@@ -250,6 +255,12 @@ def test_real_vendor_shape_unknown_and_missing_attributes(vendor: Any) -> None:
         vendor_meter("1", status="pending", is_activated=True, brand_new={"x": 1}, notes=[]),
     ]
     vendor.get(f"{BASE}/meters", json={"meters": page, "next": None, "extra": "ignored"})
+    listed = [
+        {"uid": "rev", "revoked": "2024-05-01T10:00:00Z", "expires": None},
+        {"uid": "exp", "is_expired": True},
+        {"uid": "old", "expires": "2001-01-01T00:00:00"},
+    ]
+    vendor.replace(responses.GET, f"{BASE}/authorizations", json={"authorizations": listed})
     result = registry.sync_meters()
     assert (result.seen, result.created, result.invalid) == (6, 6, 4)
     rows = {m.uid: m for m in Meter.objects.all()}
@@ -263,6 +274,7 @@ def test_real_vendor_shape_unknown_and_missing_attributes(vendor: Any) -> None:
     assert (
         rows["6"].is_archived and rows["6"].utility == "" and rows["6"].vendor_status == "errored"
     )
+    assert not rows["6"].authorization_revoked and rows["6"].raw["authorization"]
     assert vendor.calls[0].request.headers["Authorization"] == "Bearer t0ken"
 
 
@@ -275,7 +287,7 @@ def test_transient_errors_are_retried_per_page(vendor: Any) -> None:
     vendor.get(second, json={"meters": [vendor_meter("2")], "next": None})
     result = registry.sync_meters()
     assert (result.pages, result.seen) == (2, 2)
-    assert len(vendor.calls) == 4
+    assert len(vendor.calls) == 5  # GET /authorizations first
 
 
 @pytest.mark.django_db
@@ -286,7 +298,7 @@ def test_a_long_retry_after_stops_the_sync_and_pauses_the_fleet(vendor: Any) -> 
     assert pauses.in_force()[0].until - time.time() > 500  # the delivery workers wait too
     with pytest.raises(registry.SyncPaused):
         registry.sync_meters()  # no call goes out while paused
-    assert len(vendor.calls) == 1
+    assert len(vendor.calls) == 2  # GET /authorizations, then the 429
 
 
 @pytest.mark.django_db
@@ -314,7 +326,7 @@ def test_bad_pages_are_refused(vendor: Any, body: dict[str, Any], message: str) 
     vendor.get(f"{BASE}/meters", json=body)
     with pytest.raises(BadResponse, match=message):
         registry.sync_meters()
-    assert len(vendor.calls) == 1  # the token never went to another host
+    assert len(vendor.calls) == 2  # the token never went to another host
 
 
 # --- pricing --------------------------------------------------------------------------------

@@ -9,7 +9,9 @@ import ast
 import hashlib
 import json
 import threading
+import time
 from collections.abc import Iterator
+from datetime import datetime
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -202,11 +204,10 @@ def test_every_vendor_endpoint_wants_the_bearer_token(sandbox: Any, path: str) -
 # --- meters and authorizations ----------------------------------------------------------------
 
 
-def test_meters_by_uids_and_the_inline_authorization_flag(sandbox: Any) -> None:
+def test_meters_by_uids_carry_only_their_authorization_uid(sandbox: Any) -> None:
     found = get(sandbox, "/meters", uids="100190,m-1,missing-1,100190")["meters"]
     assert [m["uid"] for m in found] == ["100190", "m-1"]
-    assert found[0]["authorization"] == {"revoked": True, "expired": False}
-    sandbox.state.configure(inline_authorization=False)
+    assert [m["authorization_uid"] for m in found] == ["5019", "4000"]
     assert all("authorization" not in m for m in get(sandbox, "/meters")["meters"])
     assert "authorization" not in get(sandbox, "/meters/100190")
 
@@ -229,7 +230,9 @@ def test_authorizations_are_paged_in_the_vendors_shape(sandbox: Any) -> None:
         None, False, False, False)  # fmt: skip
     assert by_uid["4001"]["is_revoked"] and by_uid["4002"]["is_expired"]
     requests.post(f"{sandbox.url}/_sandbox/revoke", json={"authorizations": [5017]}, timeout=10)
-    assert get(sandbox, "/authorizations")["authorizations"][17]["is_revoked"] is True
+    later = get(sandbox, "/authorizations")["authorizations"][17]
+    assert later["is_revoked"] is True
+    assert abs(datetime.fromisoformat(later["revoked"]).timestamp() - time.time()) < 60  # now
     assert get(sandbox, "/events")["events"][0]["type"] == "authorization_revoked"
 
 
@@ -339,13 +342,13 @@ def test_config_refuses_bad_knobs_and_keeps_the_old_values(sandbox: Any) -> None
         {"webhook_url": "ftp://x"},
         {"nope": 1},
         {"webhook_sign": "md5"},
-        {"latency_ms": 5, "inline_authorization": "no"},
+        {"latency_ms": 5, "webhook_reorder": "no"},
     ]
     for bad in bad_knobs:
         answer = requests.post(f"{sandbox.url}/_sandbox/config", json=bad, timeout=10)
         assert answer.status_code == 400 and answer.json()["error"]
     knobs = requests.get(f"{sandbox.url}/_sandbox/config", timeout=10).json()
-    assert (knobs["rate"], knobs["latency_ms"], knobs["inline_authorization"]) == (0, 0, True)
+    assert (knobs["rate"], knobs["latency_ms"], knobs["webhook_reorder"]) == (0, 0, False)
 
 
 def test_the_command_refuses_bad_flags() -> None:

@@ -85,8 +85,8 @@ def test_request_is_stored_due_and_announced_by_a_relay_once_committed(
     assert callbacks == [] and redis_db.llen("celery") == 0  # no broker call in the caller
     statements = [query["sql"].split()[0] for query in q.captured_queries]
     statements = [s for s in statements if s not in ("SAVEPOINT", "RELEASE")]  # the test's own
-    # One short transaction: the row, and the registry's last-request column of its meters.
-    assert statements == ["INSERT", "UPDATE"]
+    # One statement (its own transaction): the database keeps the registry's last request.
+    assert statements == ["INSERT"]
     request.refresh_from_db()
     assert (request.status, request.meters, request.source) == ("submitted", ["m-1", "m-2"], "cli")
     assert request.next_attempt_at is not None and request.dispatched_at is not None

@@ -7,6 +7,8 @@
 - outcomes: recording what a call answered, or giving rows back untried;
 - transitions: the one table of allowed status changes;
 - registry and bulk_trigger: the meter registry's sync and its bulk trigger;
+- authorizations: the registry's authorizations (sync, events, their meters' flags);
+- pages: reading a paged vendor listing through the gate;
 - tokens: API tokens.
 
 The send pipeline itself (claim, gate, POST, record) is collections_app.delivery.

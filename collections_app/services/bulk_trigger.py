@@ -13,6 +13,7 @@ from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 
 from ..models import COLLECTABLE, CollectionRequest, Meter, Source, Status
+from .authorizations import refresh_lapsed
 from .requests import request_collections
 
 
@@ -47,7 +48,9 @@ def max_meters_per_request() -> int:
 
 
 def plan(meters: QuerySet[Meter]) -> TriggerPlan:
-    """Count the selection with one query: collectable meters and why the others are skipped."""
+    """Count the selection with one query: collectable meters and why the others are skipped
+    (expiries passed since the last sync counted first)."""
+    refresh_lapsed()
     counts = meters.order_by().aggregate(
         selected=Count("pk"),
         collectable=Count("pk", filter=COLLECTABLE),
@@ -76,6 +79,7 @@ def trigger(
     (a double submit, or another operator): the operator confirms what was shown, no more.
     """
     with transaction.atomic():
+        refresh_lapsed()
         rows = meters.filter(COLLECTABLE).select_for_update(of=("self",)).order_by("uid")
         uids = list(rows.values_list("uid", flat=True))
         _check_unchanged(meters, uids, expected, shown_at)

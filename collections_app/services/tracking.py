@@ -1,6 +1,7 @@
 """Collection tracking: store UtilityAPI's events once by uid, fold them and GET /meters reads
 into each accepted meter's progress, and give a request its final `collection_outcome` once
-every accepted meter has finished. Operator doc: docs/tracking.md.
+every accepted meter has finished; authorization_* events go to services/authorizations.py.
+Operator doc: docs/tracking.md.
 
 Vendor facts (UtilityAPI's events and webhooks pages): events repeat and arrive out of order,
 carry `uid`, `type`, `ts` and, for meter events, `meter_uid`; unknown types must be tolerated.
@@ -32,7 +33,7 @@ from ..models import (
     VendorCall,
 )
 from ..signals import collection_finished
-from . import notices
+from . import authorizations, notices
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +145,9 @@ def _enqueue(ids: list[int]) -> None:
 
 
 def process_events(ids: Iterable[int] | None = None) -> int:
-    """Apply unprocessed events (these ids, or all of them) to the meters' progress, in the
-    order of their own times, and settle the requests they finish. Returns how many."""
+    """Apply unprocessed events (these ids, or all of them) to the meters' progress and the
+    authorizations, in the order of their own times, and settle the requests they finish.
+    Returns how many."""
     pending = Event.objects.filter(processed_at=None)
     if ids is not None:
         pending = pending.filter(pk__in=list(ids))
@@ -158,6 +160,7 @@ def process_events(ids: Iterable[int] | None = None) -> int:
             if not chunk:
                 return done
             touched = apply_events(chunk)
+            authorizations.apply_events(chunk)  # authorization_revoked, _expired, _renewed
             Event.objects.filter(pk__in=[e.pk for e in chunk]).update(processed_at=timezone.now())
             settle(touched)
         done += len(chunk)
@@ -169,7 +172,7 @@ def apply_events(events: Sequence[Event]) -> set[Any]:
     read (locked) in one query and written back in one."""
     staged = [(e, stage) for e in events if e.meter_uid and (stage := stage_of(e.type))]
     if not staged:
-        return set()  # stored, and that is all (ping, authorization_*, meter_bills_added, …)
+        return set()  # no meter progress (ping, authorization_*, meter_bills_added, …)
     staged.sort(key=lambda pair: (_when(pair[0]), pair[0].pk or 0))
     rows = _open_rows({e.meter_uid for e, _ in staged})
     now, changed = timezone.now(), {}

@@ -154,7 +154,7 @@ class Sandbox(Process):
 def _answers(url: str) -> bool:
     try:
         return requests.get(url, timeout=2).ok
-    except requests.ConnectionError:
+    except (requests.ConnectionError, requests.Timeout):  # not up yet, or still loading
         return False
 
 

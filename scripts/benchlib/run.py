@@ -94,7 +94,8 @@ def wait_drained(bench: Bench, start: float, n: int, timeout: float = 120) -> di
 
     rows = CollectionRequest.objects
     wait_until(lambda: not rows.filter(status="submitted").exists(), timeout, f"{n} requests")
-    left = state.queued_messages(bench.target)
+    left = state.queued_messages(bench.target, waiting_only=True)
+    held = state.queued_messages(bench.target) - left
     finished = rows.aggregate(last=Max("updated"))["last"].timestamp()
     idle = state.wait_idle(bench.target) + time.time()
     statuses = dict(rows.values_list("status").annotate(n=Count("pk")))
@@ -104,6 +105,7 @@ def wait_drained(bench: Bench, start: float, n: int, timeout: float = 120) -> di
         "idle_s": idle - start,
         "rps": n / (finished - start),
         "messages_left": left,
+        "messages_held": held,
         "pending": statuses.get("pending", 0),
         "failed": statuses.get("failed", 0),
         "t0": start,

@@ -123,11 +123,14 @@ def flush_app_keys(target: Target) -> None:
         client.delete(*keys)
 
 
-def queued_messages(target: Target) -> int:
-    """Messages waiting in the broker's queues plus those a worker holds unacknowledged."""
+def queued_messages(target: Target, waiting_only: bool = False) -> int:
+    """Messages waiting in the broker's queues plus (unless `waiting_only`) those a worker
+    holds unacknowledged: a task acknowledges its message when it returns (acks_late), so the
+    task that stored the last outcome still holds its own at that moment."""
     client = broker(target)
     queues = [k for k in client.scan_iter("celery*") if client.type(k) == b"list"]
-    return sum(client.llen(k) for k in queues) + client.hlen("unacked")
+    waiting = sum(client.llen(k) for k in queues)
+    return waiting if waiting_only else waiting + client.hlen("unacked")
 
 
 def wait_idle(target: Target, timeout: float = 120) -> float:

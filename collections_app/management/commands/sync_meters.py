@@ -1,5 +1,6 @@
-"""`python manage.py sync_meters`: refresh the meter registry from UtilityAPI once, showing
-progress after every page: a line rewritten in place on a terminal, plain lines otherwise."""
+"""`python manage.py sync_meters`: refresh the meter registry (its authorizations, then its
+meters) from UtilityAPI once, showing progress after every page of meters: a line rewritten in
+place on a terminal, plain lines otherwise."""
 
 from typing import Any
 
@@ -11,7 +12,10 @@ from collections_app.services.registry import SyncResult, sync_meters
 
 
 class Command(BaseCommand):
-    help = "Read every page of UtilityAPI's GET /meters into the meter registry; print counts."
+    help = (
+        "Read every page of UtilityAPI's GET /authorizations and GET /meters into the meter "
+        "registry; print counts."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
         """Print the sync's counts; any failure exits non-zero with the reason."""

@@ -56,8 +56,10 @@
       const node = $(`panel-${panel}`);
       if (node) node.dataset.state = state;
     }
+    const counted = snap.figures_as_of && snap.figures_as_of !== snap.generated_at
+      ? ` · totals as of ${clock(snap.figures_as_of)}` : "";
     $("updated").textContent =
-      `Updated ${clock(snap.generated_at)} · ${snap.took_ms} ms · every ${snap.refresh_seconds} s`;
+      `Updated ${clock(snap.generated_at)}${counted} · ${snap.took_ms} ms · every ${snap.refresh_seconds} s`;
   }
 
   function renderStatus(status) {
