@@ -33,7 +33,6 @@ class CallbackDeliveryAdmin(ReadOnly, admin.ModelAdmin):
     ]
     list_filter = ["moment", ("delivered_at", admin.EmptyFieldListFilter), "gave_up", "error"]
     search_fields = ["request__id", "event_id"]  # by a request's or a moment's id
-    date_hierarchy = "created"
     show_full_result_count = False
     list_select_related = ["request"]
     fields = (
