@@ -31,6 +31,7 @@ os.environ.setdefault("COLLECTIONS_COALESCE_WINDOW_MS", "0")
 
 import pytest
 import redis
+from django.db import connections
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_IS_REDIS = os.environ["CELERY_BROKER_URL"].startswith(("redis://", "rediss://"))
@@ -192,3 +193,43 @@ def start_worker(
 @pytest.fixture
 def worker(start_worker: Callable[..., Worker]) -> Worker:
     return start_worker()
+
+
+# --- a real browser -----------------------------------------------------------------------------
+# Never `playwright install`: the browser is the system's (PLAYWRIGHT_CHROMIUM).
+CHROMIUM = os.environ.get("PLAYWRIGHT_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PASSWORD = "correct-horse-battery"  # of the users the browser tests log in as
+
+
+@pytest.fixture
+def page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A Chromium page at 1400 × 1000; a JavaScript error on any page fails the test.
+
+    Playwright's sync API runs an event loop in this thread, so Django's async-safety check
+    must be told that this thread's ORM calls are synchronous."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium")
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.set_default_timeout(20_000)
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        yield page
+        browser.close()
+        # While Playwright's loop runs, Django keeps this thread's connection apart (asgiref
+        # treats the thread as async); close it here, or it outlives the test database.
+        connections.close_all()
+    assert not errors, f"JavaScript errors: {errors}"

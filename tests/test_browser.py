@@ -1,59 +1,21 @@
 """The dashboard in a real browser: Playwright drives Debian's Chromium against the live
 server, a real Celery worker and the sandbox. An operator logs in, sees a failed group,
-follows it to the admin, retries the request, and watches the dashboard change by itself.
-
-Never `playwright install`: the browser is the system's (PLAYWRIGHT_CHROMIUM)."""
+follows it to the admin, retries the request, and watches the dashboard change by itself."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connections
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from collections_app import services
 from collections_app.models import CollectionRequest, Status
 
-from .conftest import wait_until
+from .conftest import PASSWORD, wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
-
-CHROMIUM = os.environ.get("PLAYWRIGHT_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-PASSWORD = "correct-horse-battery"
-
-
-@pytest.fixture
-def page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A Chromium page. Playwright's sync API runs an event loop in this thread, so Django's
-    async-safety check must be told that this thread's ORM calls are synchronous."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium")
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        context.set_default_timeout(20_000)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        yield page
-        browser.close()
-        # While Playwright's loop runs, Django keeps this thread's connection apart (asgiref
-        # treats the thread as async); close it here, or it outlives the test database.
-        connections.close_all()
-    assert not errors, f"JavaScript errors on the dashboard: {errors}"
 
 
 def failed_request(sandbox: Any) -> CollectionRequest:

@@ -3,38 +3,16 @@ admin served by a live server."""
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.db import connections
 
 from collections_app.models import CollectionRequest, Meter
 
 from .test_meters import make_meters
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-CHROMIUM = os.environ.get("PLAYWRIGHT_CHROMIUM") or shutil.which("chromium") or ""
-
-
-@pytest.fixture
-def page(monkeypatch: Any) -> Iterator[Any]:
-    if not CHROMIUM:
-        pytest.skip("no Chromium on this machine (set PLAYWRIGHT_CHROMIUM)")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the ORM calls of the test
-    # itself are still plain synchronous code, but on a connection of their own, closed here
-    # so that the test database can be dropped at the end of the run.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser.new_page()
-        browser.close()
-        connections.close_all()
 
 
 def test_operator_triggers_selected_meters(

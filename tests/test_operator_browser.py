@@ -16,7 +16,6 @@ import subprocess
 import termios
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,38 +24,17 @@ import pytest
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission
 from django.core.management import call_command
-from django.db import connection, connections
-from playwright.sync_api import expect, sync_playwright
+from django.db import connection
+from playwright.sync_api import expect
 
 from collections_app import services
 from collections_app.models import CollectionRequest, Meter, Status
 from collections_app.services import tokens
 
-from .conftest import ROOT, wait_until
-from .test_browser import CHROMIUM, CHROMIUM_ARGS
+from .conftest import PASSWORD, ROOT, wait_until
 from .test_meters import make_meters
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-PASSWORD = "correct-horse-battery"
-
-
-@pytest.fixture
-def page(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A Chromium page at 1400 px; JavaScript errors fail the test."""
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium")
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        context.set_default_timeout(20_000)
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        yield page
-        browser.close()
-        connections.close_all()
-    assert not errors, f"JavaScript errors: {errors}"
 
 
 @pytest.fixture

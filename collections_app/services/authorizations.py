@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -32,7 +31,7 @@ from ..models import (
     Meter,
 )
 from ..validation import uid_characters_ok
-from .pages import read_pages, rows_by_uid, upsert
+from .pages import PageCounts, read_pages, rows_by_uid, upsert
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +43,11 @@ SYNCED_FIELDS = [
 ]  # fmt: skip
 
 
-@dataclass
-class AuthorizationSyncResult:
-    """Counts from one sync of GET /authorizations."""
-
-    pages: int = 0
-    seen: int = 0
-    created: int = 0
-    invalid: int = 0  # objects without a usable uid: skipped
-    revoked: int = 0
-    expired: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-def sync_authorizations(client: UtilityAPIClient) -> AuthorizationSyncResult:
+def sync_authorizations(client: UtilityAPIClient) -> PageCounts:
     """Read every page of GET /authorizations, upsert one Authorization row per vendor
     authorization and copy its state onto its meters. Each page is written in its own short
     transaction once its call has returned; rows are never deleted."""
-    result = AuthorizationSyncResult()
+    result = PageCounts()
     for items in read_pages(client, PATH, ENDPOINT, "authorizations"):
         _upsert_page(items, result)
         result.pages += 1
@@ -71,7 +55,7 @@ def sync_authorizations(client: UtilityAPIClient) -> AuthorizationSyncResult:
     return result
 
 
-def _upsert_page(items: list[Any], result: AuthorizationSyncResult) -> None:
+def _upsert_page(items: list[Any], result: PageCounts) -> None:
     rows, invalid = rows_by_uid(items, authorization_from_vendor, timezone.now())
     result.invalid += invalid
     uids = list(rows)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -31,6 +32,21 @@ Row = TypeVar("Row")
 
 class SyncPaused(TransientError):
     """The fleet's gate forbids calls to UtilityAPI for longer than a sync waits."""
+
+
+@dataclass
+class PageCounts:
+    """What one sync of a listing saw: its pages and objects, and how they were stored."""
+
+    pages: int = 0
+    seen: int = 0
+    created: int = 0
+    invalid: int = 0  # objects without a usable uid: skipped
+    revoked: int = 0
+    expired: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 def read_pages(client: UtilityAPIClient, path: str, endpoint: str, key: str) -> Iterator[list[Any]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ from ..client import UtilityAPIClient, get_client, vendor_text
 from ..models import Meter
 from ..validation import clean_meters
 from . import authorizations
-from .pages import SyncPaused, read_pages, rows_by_uid, upsert
+from .pages import PageCounts, SyncPaused, read_pages, rows_by_uid, upsert
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +46,12 @@ __all__ = ["SyncPaused", "SyncResult", "meter_from_vendor", "sync_meters"]
 
 
 @dataclass
-class SyncResult:
+class SyncResult(PageCounts):
     """Counts from one sync (meters `seen` on the vendor's pages, split into what happened)."""
 
-    pages: int = 0
-    seen: int = 0
-    created: int = 0
     updated: int = 0
-    invalid: int = 0  # objects without a usable uid: skipped
-    revoked: int = 0
-    expired: int = 0
     archived: int = 0
     authorizations: int = 0  # read from GET /authorizations first
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
     def __str__(self) -> str:
         return (
