@@ -17,12 +17,13 @@ from django.http import (
     HttpResponseRedirect,
 )
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils.html import format_html
 
 from . import (
     admin_callbacks,  # noqa: F401  (callback deliveries)
     admin_filters,
+    admin_spending,
     admin_tracking,  # noqa: F401  (events and tracking calls)
     request_page,
     selectors,
@@ -31,7 +32,7 @@ from . import (
 from .forms import CollectionRequestForm
 from .models import ApiToken, CollectionRequest, Source, Status
 from .permissions import may_trigger
-from .services import tokens
+from .services import budget, tokens
 
 BADGE = (
     '<span class="status-badge status-{1}" style="background:{0};color:#fff;'
@@ -56,11 +57,14 @@ class CollectionRequestAdmin(admin.ModelAdmin):
         "attempts",
         "error",
         "next_attempt_at",
+        "estimated_cost",
+        "hold",
         "source",
         "created",
     ]
     list_filter = [
         "status",
+        "hold",
         "collection_outcome",
         admin_filters.FailedErrorFilter,
         "source",
@@ -71,7 +75,7 @@ class CollectionRequestAdmin(admin.ModelAdmin):
     # No date_hierarchy: its drill-down lists the dates present with a scan of every row.
     list_per_page = 50
     show_full_result_count = False
-    actions = ["retry_failed"]
+    actions = ["retry_failed", "approve_held", "reject_held"]
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> Any:
         """Search by request id or by one meter uid (an exact uid in the meters list)."""
@@ -115,7 +119,42 @@ class CollectionRequestAdmin(admin.ModelAdmin):
                 messages.WARNING,
             )
 
+    @admin.action(description="Approve selected held requests (send them)", permissions=["retry"])
+    def approve_held(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._decide(request, queryset, budget.approve, "approved: they are sent now")
+
+    @admin.action(description="Reject selected held requests (fail them)", permissions=["retry"])
+    def reject_held(self, request: HttpRequest, queryset: QuerySet) -> None:
+        self._decide(request, queryset, budget.reject, "rejected: failed, nothing sent")
+
+    def _decide(self, request: HttpRequest, queryset: QuerySet, decide: Any, done: str) -> None:
+        """Approve or reject the held rows selected (re-checked under a lock), each logged in
+        its history."""
+        decided = decide(queryset.filter(hold__isnull=False), request.user)
+        for row in decided:
+            self.log_change(request, row, f"Held request {done}.")
+        self.message_user(request, f"{len(decided)} held request(s) {done}.", messages.SUCCESS)
+        skipped = queryset.count() - len(decided)
+        if skipped:
+            self.message_user(
+                request,
+                f"{skipped} selected request(s) were not held and were left alone.",
+                messages.WARNING,
+            )
+
+    def get_urls(self) -> list[Any]:
+        spending = self.admin_site.admin_view(lambda r: admin_spending.spending_view(self, r))
+        name = f"{self.opts.app_label}_{self.opts.model_name}_spending"
+        return [path("spending/", spending, name=name), *super().get_urls()]
+
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        held = CollectionRequest.objects.filter(hold__isnull=False).count()
+        if held:
+            self.message_user(
+                request,
+                f"{held} request(s) are held over the budget, waiting for approval (filter: Hold).",
+                messages.WARNING,
+            )
         for pause in selectors.active_pauses():
             self.message_user(request, pause.message, messages.WARNING)
         return super().changelist_view(request, extra_context)
@@ -143,6 +182,7 @@ class CollectionRequestAdmin(admin.ModelAdmin):
             "callbacks": selectors.callback_deliveries(obj),
             "task": task_link(obj.task_id),
             "may_retry": obj.status == Status.FAILED and self.has_retry_permission(request),
+            "may_decide": obj.hold is not None and self.has_retry_permission(request),
             **(extra_context or {}),
         }
         return TemplateResponse(request, "collections_app/request_detail.html", context)

@@ -30,6 +30,17 @@ class CollectionOutcome(models.TextChoices):
     COLLECTION_ERRORED = "collection_errored", "Collection errored"  # none did
 
 
+class Hold(models.TextChoices):
+    """Why a submitted request waits for a person before it is sent."""
+
+    BUDGET = "budget", "Over the budget"
+
+
+# A held request rejected by a person fails with this error.
+REJECTED_OVER_BUDGET = "rejected_over_budget"
+MONEY_DIGITS, MONEY_PLACES = 12, 2  # dollars and cents
+
+
 class Source(models.TextChoices):
     ADMIN = "admin", "Admin"
     API = "api", "API"
@@ -45,7 +56,7 @@ class CollectionRequest(models.Model):
         "id", "status", "meters", "collection_duration", "accepted_meters", "ignored_meters",
         "attempts", "next_attempt_at", "error", "error_description", "last_http_status",
         "source", "created", "updated", "collection_outcome", "collection_finished_at",
-        "callback_url",
+        "callback_url", "estimated_cost", "expected_cost", "hold", "hold_reason",
     )  # fmt: skip
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -102,6 +113,32 @@ class CollectionRequest(models.Model):
         blank=True,
         help_text="Receives a signed POST at pending, failed and the collection's outcome.",
     )
+    # Money (services/budget.py): the estimate when stored, from the price table; the expected
+    # charge once every accepted meter has finished (the vendor bills months collected only).
+    estimated_cost = models.DecimalField(
+        max_digits=MONEY_DIGITS,
+        decimal_places=MONEY_PLACES,
+        default=0,
+        help_text="Dollars, from the price table when the request was stored.",
+    )
+    expected_cost = models.DecimalField(
+        max_digits=MONEY_DIGITS,
+        decimal_places=MONEY_PLACES,
+        null=True,
+        blank=True,
+        help_text="Dollars, once the collection has finished.",
+    )
+    hold = models.CharField(  # noqa: DJ001
+        max_length=16,
+        choices=Hold,
+        null=True,
+        blank=True,
+        help_text="Why it waits for a person's approval before it is sent; null: it does not.",
+    )
+    hold_reason = models.TextField(null=True, blank=True)  # noqa: DJ001
+    admitted_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When it was let through to be sent."
+    )
 
     class Meta:
         ordering = ["-created"]
@@ -113,6 +150,9 @@ class CollectionRequest(models.Model):
                 name=f"collection_duration_{MIN_MONTHS}_to_{MAX_MONTHS}",
             ),
             models.CheckConstraint(condition=Q(status__in=Status.values), name="status_known"),
+            models.CheckConstraint(
+                condition=Q(hold__isnull=True) | Q(status=Status.SUBMITTED), name="held_submitted"
+            ),
             models.UniqueConstraint(
                 fields=["requested_by", "idempotency_key"],
                 condition=~Q(idempotency_key=""),
@@ -133,6 +173,13 @@ class CollectionRequest(models.Model):
             models.Index(
                 fields=["error", "updated"], condition=Q(status="failed"), name="failed_error"
             ),
+            # Spend per day and month, and the budget's sum, from the index alone.
+            models.Index(
+                fields=["admitted_at"],
+                include=["estimated_cost", "expected_cost", "status"],
+                name="admitted",
+            ),
+            models.Index(fields=["created"], condition=Q(hold__isnull=False), name="held"),
             # The dashboard's collections finished today, by outcome.
             models.Index(
                 fields=["collection_outcome", "collection_finished_at"],

@@ -118,6 +118,10 @@ def _now(request: CollectionRequest) -> Event:
             f"Failed: {request.error}",
             request.error_description,
         )
+    if request.hold:
+        return Event(
+            None, "waiting", f"On hold: {request.get_hold_display()}", request.hold_reason or ""
+        )
     return Event(
         request.next_attempt_at,
         "waiting",

@@ -8,6 +8,7 @@ sets DJANGO_ALLOWED_HOSTS, DATABASE_URL and CELERY_BROKER_URL (docs/security.md)
 import os
 import re
 import tempfile
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TypeVar
 
@@ -44,6 +45,23 @@ def env_float(name: str, default: float, minimum: float = 0.0) -> float:
 def env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name, "").strip().lower()
     return default if not raw else raw in {"1", "true", "yes", "on"}
+
+
+def env_dollars(name: str) -> Decimal | None:
+    """A positive amount of dollars (cents at most), or None when unset."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = Decimal(raw)
+        positive = value.is_finite() and value > 0 and value == value.quantize(Decimal("0.01"))
+    except InvalidOperation:  # not a number, or too many digits to count in cents
+        positive = False
+    if not positive:
+        raise ImproperlyConfigured(
+            f"{name} must be a positive amount of dollars, such as 250 or 99.50, got {raw!r}"
+        )
+    return value
 
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
@@ -177,6 +195,10 @@ COLLECTIONS_PRICE_PER_MONTH = env_float("COLLECTIONS_PRICE_PER_MONTH", 1.50)
 COLLECTIONS_PRICE_FLAT_12 = env_float("COLLECTIONS_PRICE_FLAT_12", 12.00)
 # A bulk trigger whose estimate may exceed this many dollars asks for the meter count typed.
 COLLECTIONS_CONFIRM_TYPED_ABOVE = env_float("COLLECTIONS_CONFIRM_TYPED_ABOVE", 1000)
+# Estimated dollars let through per UTC day / month; past them requests are held for approval
+# (docs/spending.md). Unset: no limit.
+COLLECTIONS_DAILY_BUDGET = env_dollars("COLLECTIONS_DAILY_BUDGET")
+COLLECTIONS_MONTHLY_BUDGET = env_dollars("COLLECTIONS_MONTHLY_BUDGET")
 
 # --- Collection tracking (docs/tracking.md) ---------------------------------------------------
 # The account's webhook secret; unset, POST /webhooks/utilityapi/ answers 404 (off, not open).

@@ -28,7 +28,7 @@ from ..models import (
     VendorCall,
 )
 from ..services import leases
-from . import shared
+from . import shared, spending
 
 BUCKET = timedelta(minutes=15)
 BUCKETS = 96  # 24 hours
@@ -43,6 +43,7 @@ def business(now: datetime) -> dict[str, Any]:
         "retries": retry_pipeline(now),
         "throttled": throttled_calls(now),
         "stalls": stalls(now),
+        "spending": spending.summary(now),
     }
 
 
@@ -141,14 +142,15 @@ def throttled_calls(now: datetime) -> dict[str, Any]:
 
 def stalls(now: datetime) -> dict[str, Any]:
     """The oldest submitted request; due rows nobody picked up for longer than the warning
-    threshold; and claimed rows whose attempt has run longer than the HTTP timeouts allow."""
+    threshold; and claimed rows whose attempt has run longer than the HTTP timeouts allow.
+    Held requests wait for a person, not for the machinery: the spending panel shows them."""
     threshold = settings.OPS_STALL_WARNING_SECONDS
     # A lease runs lease_seconds() from its claim; past the HTTP timeouts only the margin is left.
     margin = leases.lease_seconds() - http_timeout()
     overdue = Q(next_attempt_at__lt=now - timedelta(seconds=threshold), lease_expires_at=None)
     long_running = Q(lease_expires_at__lt=now + timedelta(seconds=margin))
     figures = (
-        CollectionRequest.objects.filter(status=Status.SUBMITTED)
+        CollectionRequest.objects.filter(status=Status.SUBMITTED, hold__isnull=True)
         .order_by()
         .aggregate(
             oldest_created=Min("created"),

@@ -25,6 +25,7 @@ PANELS = [
     "stalls",
     "failures",
     "tracking",
+    "spending",
     "machinery",
 ]
 
@@ -48,7 +49,9 @@ def snapshot(now: datetime | None = None) -> dict[str, Any]:
 def _assemble(
     now: datetime, business: dict[str, Any] | None, machinery: dict[str, Any]
 ) -> dict[str, Any]:
-    business = business or dict.fromkeys(["status", "timeline", "retries", "stalls", "tracking"])
+    business = business or dict.fromkeys(
+        ["status", "timeline", "retries", "stalls", "tracking", "spending"]
+    )
     throttled = business.pop("throttled", None) or {}
     return {
         "generated_at": now,
@@ -158,10 +161,27 @@ def _tracking_alerts(snap: dict[str, Any]) -> list[dict[str, str]]:
     return [_alert(WARN, "tracking", message)]
 
 
+def _spending_alerts(snap: dict[str, Any]) -> list[dict[str, str]]:
+    s, out = snap["spending"], []
+    if s is None:
+        return []
+    if s["held"]["count"]:
+        message = (
+            f"{s['held']['count']} request(s) held over the budget wait for approval "
+            f"(estimated ${s['held']['estimated']})"
+        )
+        out.append(_alert(WARN, "spending", message))
+    for name, b in s["budgets"].items():
+        if not b["left"]:
+            out.append(_alert(WARN, "spending", f"The {name} budget of ${b['limit']} is used up"))
+    return out
+
+
 RULES: list[Callable[[dict[str, Any]], list[dict[str, str]]]] = [
     _machinery_alerts,
     _throttling_alerts,
     _stall_alerts,
     _failure_alerts,
     _tracking_alerts,
+    _spending_alerts,
 ]

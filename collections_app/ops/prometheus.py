@@ -116,6 +116,28 @@ def business(snap: dict[str, Any]) -> Iterator[Metric]:
     failed = {g["error"]: float(g["count"]) for g in snap["failures"]}
     yield labelled("failed_requests", "Failed requests by error type.", "error", failed)
     yield from tracking(snap["tracking"])
+    yield from spending(snap["spending"])
+
+
+def spending(s: dict[str, Any]) -> Iterator[Metric]:
+    for kind in ("estimated", "expected"):
+        values = {period: float(s[f"{period}_{kind}"]) for period in ("today", "month")}
+        yield labelled(
+            f"spend_{kind}_dollars",
+            f"{kind.capitalize()} dollars let through, this UTC day and month.",
+            "period",
+            values,
+        )
+    limits = {name: float(b["limit"]) for name, b in s["budgets"].items()}
+    yield labelled("budget_dollars", "Configured budgets (absent: no limit).", "budget", limits)
+    left = {name: float(b["left"]) for name, b in s["budgets"].items()}
+    yield labelled("budget_left_dollars", "Dollars left in each budget.", "budget", left)
+    yield from gauge("requests_held", "Requests held for approval.", s["held"]["count"])
+    yield from gauge(
+        "requests_held_dollars",
+        "Estimated dollars of the held requests.",
+        float(s["held"]["estimated"]),
+    )
 
 
 def tracking(t: dict[str, Any]) -> Iterator[Metric]:

@@ -2,12 +2,12 @@
 
 Storing is the whole of enqueueing: the row is the record of work to do, and a relay in the
 workers picks it up once the caller's transaction has committed (services.broker). Nothing
-here talks to the broker, so a broker outage never holds a caller."""
+here talks to the broker, so a broker outage never holds a caller. Each row carries its
+estimated cost, and is let through or held by the budgets (services.budget)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -21,6 +21,7 @@ from ..validation import (
     clean_meters,
     invalid,
 )
+from . import budget
 from .transitions import transition
 
 
@@ -39,6 +40,7 @@ def request_collection(
 
     Raises ValidationError naming the field; then nothing is stored or sent. With an
     idempotency key already used by the same user for the same input, returns that request.
+    Over a budget, it is stored held (`hold`, `hold_reason`) and waits for approval.
     """
     meters = clean_meters(meters)
     collection_duration = clean_duration(collection_duration)
@@ -62,12 +64,14 @@ def request_collection(
         idempotency_key=idempotency_key,
         next_attempt_at=now,
         dispatched_at=now,
+        estimated_cost=budget.estimated_cost(len(meters), collection_duration),
     )
-    # One statement, so one short transaction: the database marks the registry's meters too (a
-    # trigger). Inside a caller's transaction it gets a savepoint, so losing an idempotency
-    # race leaves the caller's transaction usable.
+    # Without a budget, one statement: one short transaction (the database marks the registry's
+    # meters too, a trigger). Inside a caller's transaction it gets a savepoint, so losing an
+    # idempotency race leaves the caller's transaction usable.
     try:
-        with _own_transaction():
+        with budget.admission():
+            budget.admit([row], now)
             row.save(force_insert=True)
     except IntegrityError:
         if not idempotency_key:
@@ -91,17 +95,19 @@ def request_collections(
     now = timezone.now()
     common = {"collection_duration": collection_duration, "source": source}
     queued = {"next_attempt_at": now, "dispatched_at": now}
-    with transaction.atomic():
-        return CollectionRequest.objects.bulk_create(
-            CollectionRequest(meters=group, requested_by=requested_by, **common, **queued)
-            for group in groups
+    rows = [
+        CollectionRequest(
+            meters=group,
+            requested_by=requested_by,
+            estimated_cost=budget.estimated_cost(len(group), collection_duration),
+            **common,
+            **queued,
         )
-
-
-def _own_transaction() -> Any:
-    """A savepoint inside a caller's transaction; otherwise nothing: the one INSERT commits by
-    itself (autocommit), which spares the BEGIN and COMMIT round trips."""
-    return transaction.atomic() if transaction.get_connection().in_atomic_block else nullcontext()
+        for group in groups
+    ]
+    with transaction.atomic(), budget.admission():
+        budget.admit(rows, now)
+        return CollectionRequest.objects.bulk_create(rows)
 
 
 def _find_idempotent(user: Any, key: str, fields: dict[str, Any]) -> CollectionRequest | None:
@@ -134,6 +140,8 @@ def retry_failed(requests: Iterable[CollectionRequest]) -> int:
                 error="",
                 error_description="",
                 last_http_status=None,
+                # A retried rejection is let through by the person retrying it.
+                admitted_at=request.admitted_at or now,
             )
             request.save(update_fields=RETRY_FIELDS)
             retried += 1
@@ -149,5 +157,6 @@ RETRY_FIELDS = [
     "error",
     "error_description",
     "last_http_status",
+    "admitted_at",
     "updated",
 ]

@@ -33,7 +33,7 @@ from ..models import (
     VendorCall,
 )
 from ..signals import collection_finished
-from . import authorizations, notices
+from . import authorizations, budget, notices
 
 log = logging.getLogger(__name__)
 
@@ -356,9 +356,9 @@ def outcome_of(successful: int, errored: int) -> str:
 
 
 def settle(request_ids: Iterable[Any]) -> list[Any]:
-    """Give each of these requests whose accepted meters have all finished its outcome,
-    once (an UPDATE guarded by collection_outcome IS NULL, on rows locked first), and send
-    `collection_finished` after commit. Returns the ids that got an outcome now."""
+    """Give each of these requests whose accepted meters have all finished its outcome and
+    expected cost, once (an UPDATE guarded by collection_outcome IS NULL, on rows locked
+    first), and send `collection_finished` after commit. Returns the ids that got an outcome now."""
     ids = list(request_ids)
     if not ids:
         return []
@@ -373,6 +373,7 @@ def settle(request_ids: Iterable[Any]) -> list[Any]:
         )
     )
     by_outcome: dict[str, list[Any]] = {}
+    successful = {row["request_id"]: row["successful"] for row in counts}
     for row in counts:
         if not row["collecting"]:
             outcome = outcome_of(row["successful"], row["errored"])
@@ -388,6 +389,7 @@ def settle(request_ids: Iterable[Any]) -> list[Any]:
         )
         finished += locked
     if finished:
+        budget.record_expected({pk: successful[pk] for pk in finished})
         notices.finished(finished)  # the callbacks, stored with the outcome
         transaction.on_commit(lambda: _announce(finished))
     return finished

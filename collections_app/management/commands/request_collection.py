@@ -13,7 +13,7 @@ from collections_app.models import CollectionRequest, Source, Status
 # Exit codes (docs/api.md): 0 stored (or, with --wait, accepted: pending).
 EXIT_FAILED = 1  # the request failed
 EXIT_BAD_INPUT = 2  # nothing stored (argparse usage errors exit 2 as well)
-EXIT_STILL_SUBMITTED = 3  # --wait ran out while the request was still submitted
+EXIT_STILL_SUBMITTED = 3  # --wait ran out while the request was still submitted (or held)
 POLL_SECONDS = 0.2
 
 
@@ -21,7 +21,8 @@ class Command(BaseCommand):
     help = (
         "Request a UtilityAPI historical collection for METER... and print it as JSON (the "
         "API's shape). Exit 0: stored, or with --wait pending; 1: failed; 2: bad input, "
-        "nothing stored; 3: --wait ran out while still submitted."
+        "nothing stored; 3: --wait ran out while still submitted, or the request is held over the "
+        "budget."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -59,6 +60,12 @@ class Command(BaseCommand):
             ) from err
 
     def exit_for(self, request: CollectionRequest, wait: float | None) -> None:
+        if request.hold:
+            message = f"Request {request.pk} is on hold: {request.hold_reason}"
+            if wait is None:
+                self.stderr.write(message)
+                return
+            raise CommandError(message, returncode=EXIT_STILL_SUBMITTED)
         if request.status == Status.FAILED:
             raise CommandError(
                 f"Request {request.pk} failed: {request.error}: {request.error_description}",
@@ -73,12 +80,12 @@ class Command(BaseCommand):
 
 
 def wait_for(request: CollectionRequest, seconds: float) -> CollectionRequest:
-    """Poll the database until the request leaves `submitted` or `seconds` have passed;
-    returns it as last read."""
+    """Poll the database until the request leaves `submitted`, is found held (a person must
+    decide), or `seconds` have passed; returns it as last read."""
     deadline = time.monotonic() + seconds
     while True:
         request.refresh_from_db()
         remaining = deadline - time.monotonic()
-        if request.status != Status.SUBMITTED or remaining <= 0:
+        if request.status != Status.SUBMITTED or request.hold or remaining <= 0:
             return request
         time.sleep(min(POLL_SECONDS, remaining))

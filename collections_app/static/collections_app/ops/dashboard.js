@@ -203,6 +203,23 @@
       (calls.last_at ? `, last ${since(calls.last_at)}` : ""), calls.failed_last_hour ? "warn" : "ok");
   }
 
+  const usd = (amount) => `$${Number(amount).toLocaleString("en-US",
+    { minimumFractionDigits: 2, maximumFractionDigits: 2 })}`;
+
+  function renderSpending(s) {
+    if (!s) return;
+    $("m-held").textContent = num(s.held.count);
+    $("m-held").className = s.held.count ? "big warn" : "big";
+    fact("m-today", `${usd(s.today_estimated)} / ${usd(s.today_expected)}`);
+    fact("m-month", `${usd(s.month_estimated)} / ${usd(s.month_expected)}`);
+    const budgets = Object.entries(s.budgets);
+    fact("m-budgets", budgets.length ? budgets.map(([name, b]) =>
+      `${name} ${usd(b.left)} of ${usd(b.limit)}`).join(", ") : "no budget set",
+    budgets.some(([, b]) => Number(b.left) === 0) ? "warn" : "ok");
+    fact("m-held-cost", s.held.count ? `${usd(s.held.estimated)}, oldest ${since(s.held.oldest)}`
+      : "none", s.held.count ? "warn" : "ok");
+  }
+
   function renderFailures(groups) {
     const rows = groups.map((g) => h("tr", { "data-error": g.error },
       h("td", {}, h("a", { href: g.admin_url, title: "Open these requests in the admin" },
@@ -225,6 +242,7 @@
     renderThrottling(snap.throttling);
     renderStalls(snap.stalls);
     renderTracking(snap.tracking);
+    renderSpending(snap.spending);
     renderFailures(snap.failures);
   }
 
