@@ -199,7 +199,14 @@ class CollectionRequestAdmin(admin.ModelAdmin):
                 source=Source.ADMIN,
                 requested_by=request.user,
             )
-            self.message_user(request, f"Collection request {created.id} submitted.")
+            if created.hold:
+                self.message_user(
+                    request,
+                    f"Collection request {created.id} is held: {created.hold_reason}",
+                    messages.WARNING,
+                )
+            else:
+                self.message_user(request, f"Collection request {created.id} submitted.")
             url = reverse("admin:collections_app_collectionrequest_change", args=[created.pk])
             return HttpResponseRedirect(url)
         context = {

@@ -301,6 +301,14 @@ class MeterAdmin(admin.ModelAdmin):
             "they are sent in the background.",
             messages.SUCCESS,
         )
+        held = sum(1 for r in created if r.hold)
+        if held:
+            self.message_user(
+                request,
+                f"{held} of them are held over the budget and wait for approval "
+                "(Collection requests, filter Hold).",
+                messages.WARNING,
+            )
         return True
 
     def _confirmation_page(

@@ -20,6 +20,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from collections_app.models import Attempt, CollectionRequest, Source, Status
+from collections_app.services.budget import estimated_cost
 from collections_app.services.leases import lease_seconds
 
 # error type, HTTP status, the vendor's (or the service's) description
@@ -48,6 +49,8 @@ REQUEST_COLUMNS = [
     "task_id",
     "created",
     "updated",
+    "estimated_cost",
+    "admitted_at",
 ]
 ATTEMPT_COLUMNS = [
     "request_id",
@@ -62,6 +65,7 @@ ATTEMPT_COLUMNS = [
     "task_id",
 ]
 CHUNK = 10_000
+ESTIMATE = estimated_cost(1, None)  # one meter, the account's default duration
 RECENT = timedelta(minutes=10)  # requests this young are still submitted
 
 
@@ -116,6 +120,8 @@ def _request(i: int, n: int, days: float, per_request: int, now: datetime) -> di
         "task_id": "",
         "created": created,
         "updated": min(created + timedelta(seconds=7 * tries), now),
+        "estimated_cost": ESTIMATE,
+        "admitted_at": created,
         "_429": i % 13 == 0,  # one request in 13 met a 429 on its way
     }
     if created > now - RECENT:

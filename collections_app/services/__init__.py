@@ -1,6 +1,7 @@
 """Every write: the status transitions (one table) and the rows around them, a module per seam.
 
 - requests: the entry points (request_collection, request_collections, retry_failed);
+- budget: what a request costs, the budgets that hold it, approving and rejecting it;
 - broker: telling workers there is due work, and the periodic sweep;
 - leases: claiming due rows (with coalesced companions) before a call;
 - policy: what one answer means for a request (the retry policy);
