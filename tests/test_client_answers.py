@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import time
 from typing import Any
 
 import pytest
@@ -102,10 +103,13 @@ def test_other_4xx_and_500_are_permanent(status: int) -> None:
     assert not isinstance(caught.value, AccountError)
 
 
-def test_a_429_carries_its_retry_after() -> None:
+def test_a_429_carries_its_retry_after_and_the_vendors_error() -> None:
+    body = {"error": "rate_limited", "error_description": "too many"}
     with pytest.raises(Throttled) as caught:
-        parse_answer(answer(429, b"", {"Retry-After": "12"}))
-    assert caught.value.retry_after == 12.0 and caught.value.status_code == 429
+        parse_answer(answer(429, body, {"Retry-After": "12"}))
+    err = caught.value
+    assert (err.retry_after, err.status_code) == (12.0, 429)
+    assert (err.error, err.description) == ("rate_limited", "too many")
 
 
 # --- Retry-After ------------------------------------------------------------------------------
@@ -121,6 +125,18 @@ def test_an_http_date_is_read_relative_to_the_given_now() -> None:
 def test_an_http_date_without_a_zone_is_utc() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:45", now=NOW) == 45.0
     assert parse_retry_after("21 Oct 2015 07:28:45 -0000", now=NOW) == 45.0
+
+
+def test_an_http_date_without_a_zone_is_utc_whatever_the_hosts_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert parse_retry_after("Wed, 21 Oct 2015 07:28:45", now=NOW) == 45.0
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_an_http_date_defaults_to_the_clock_without_a_now() -> None:
@@ -222,12 +238,24 @@ def test_a_base_url_ending_in_a_slash_posts_to_the_same_endpoint() -> None:
     assert api.base_url == BASE and repr(api) == f"UtilityAPIClient({BASE!r})"
 
 
-def test_a_client_needs_a_token_and_an_http_url() -> None:
-    with pytest.raises(ConfigurationError):
+def test_a_base_url_keeps_its_own_last_characters() -> None:
+    api = UtilityAPIClient("https://utilityapi.test/BOX//", TOKEN)
+    assert api.base_url == "https://utilityapi.test/BOX"
+    assert api.url == "https://utilityapi.test/BOX/meters/historical-collection"
+
+
+def test_a_client_needs_a_token_and_an_http_url_and_says_which_setting() -> None:
+    with pytest.raises(ConfigurationError) as caught:
         UtilityAPIClient(BASE, "")
-    with pytest.raises(ConfigurationError):
+    assert str(caught.value) == "UTILITYAPI_TOKEN is not set"
+    with pytest.raises(ConfigurationError) as caught:
         UtilityAPIClient("utilityapi.test/api/v2", TOKEN)
+    assert str(caught.value) == "UTILITYAPI_BASE_URL must start with http:// or https://"
     assert UtilityAPIClient("http://127.0.0.1:8765/api/v2", TOKEN).url.startswith("http://")
+
+
+def test_the_default_timeouts_are_5_and_30_seconds() -> None:
+    assert UtilityAPIClient(BASE, TOKEN).timeout == (5.0, 30.0)
 
 
 def test_the_session_sends_the_token_and_asks_for_json(
@@ -274,8 +302,19 @@ def test_get_json_raises_the_typed_error_or_bad_response(api: UtilityAPIClient) 
         api.get_json("/down")
     with pytest.raises(PermanentError):
         api.get_json("/gone")
-    with pytest.raises(BadResponse):
+    with pytest.raises(BadResponse) as caught:
         api.get_json("/list")
+    assert caught.value.error == "bad_response"
+    assert caught.value.description == "not a JSON object: '[1, 2]'"
+
+
+@responses.activate
+def test_on_a_plain_http_api_full_urls_are_used_as_given() -> None:
+    api = UtilityAPIClient("http://127.0.0.1:8765/api/v2", TOKEN)
+    responses.get("http://127.0.0.1:8765/api/v2/events?page=2", json={"events": []})
+    assert api.get_json("http://127.0.0.1:8765/api/v2/events?page=2") == {"events": []}
+    page = "http://127.0.0.1:8765/api/v2/events?page=3"
+    assert api.next_page({"next": page}, set(), "GET /events") == page
 
 
 @responses.activate
@@ -284,6 +323,7 @@ def test_patch_json_returns_the_answer_object_or_nothing(api: UtilityAPIClient) 
     responses.patch(BASE + "/events/2", status=204)
     responses.patch(BASE + "/events/3", json={"error": "nope"}, status=400)
     responses.patch(BASE + "/events/4", json={"error": "later"}, status=503)
+    responses.patch(BASE + "/events/5", json={"uid": "5"}, status=300)
     assert api.patch_json("/events/1", {"is_delivered": True}) == {"uid": "1"}
     assert json.loads(responses.calls[0].request.body) == {"is_delivered": True}
     assert api.patch_json("/events/2", {}) == {}
@@ -291,6 +331,8 @@ def test_patch_json_returns_the_answer_object_or_nothing(api: UtilityAPIClient) 
         api.patch_json("/events/3", {})
     with pytest.raises(TransientError):
         api.patch_json("/events/4", {})
+    with pytest.raises(PermanentError):  # a 300 is no success
+        api.patch_json("/events/5", {})
 
 
 def test_a_next_link_must_stay_on_the_api_host_and_not_loop(api: UtilityAPIClient) -> None:
@@ -302,22 +344,40 @@ def test_a_next_link_must_stay_on_the_api_host_and_not_loop(api: UtilityAPIClien
     assert api.next_page({"next": ""}, set(), "GET /meters") is None
     assert api.next_page({}, set(), "GET /meters") is None
     refused = [
-        ({"next": 5}, set()),
-        ({"next": "/meters?page=2"}, set()),
-        ({"next": "https://evil.test/api/v2/meters"}, set()),
-        ({"next": "http://utilityapi.test/api/v2/meters"}, set()),
-        ({"next": page}, {page}),
-        ({"next": page}, {f"{BASE}/{i}" for i in range(MAX_PAGES)}),
+        ({"next": 5}, set(), "GET /meters gave an unusable next link: 5"),
+        ({"next": "/m?p=2"}, set(), "GET /meters gave an unusable next link: '/m?p=2'"),
+        (
+            {"next": "https://evil.test/api/v2/m"},
+            set(),
+            "GET /meters gave a next link to another host",
+        ),
+        (
+            {"next": "http://utilityapi.test/api/v2/m"},
+            set(),
+            "GET /meters gave a next link to another host",
+        ),
+        ({"next": page}, {page}, "GET /meters paging does not end (/api/v2/meters again)"),
+        (
+            {"next": page},
+            {f"{BASE}/{i}" for i in range(MAX_PAGES)},
+            "GET /meters paging does not end (/api/v2/meters again)",
+        ),
     ]
-    for body, visited in refused:
-        with pytest.raises(BadResponse):
+    for body, visited, why in refused:
+        with pytest.raises(BadResponse) as caught:
             api.next_page(body, visited, "GET /meters")
+        assert (caught.value.error, caught.value.description) == ("bad_response", why)
     assert api.next_page({"next": page}, {f"{BASE}/{i}" for i in range(MAX_PAGES - 1)}, "x")
 
 
 def test_plain_http_carries_only_the_sandbox_token() -> None:
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError) as caught:
         check_destination("http://127.0.0.1:8765/api/v2", "real-token", "sandbox-token")
+    assert str(caught.value) == (
+        "UTILITYAPI_BASE_URL is plain http (the sandbox) and UTILITYAPI_TOKEN is not the "
+        "sandbox's token (UTILITYAPI_SANDBOX_TOKEN): refusing to send it. Unset "
+        "UTILITYAPI_BASE_URL to use UtilityAPI."
+    )
     check_destination("http://127.0.0.1:8765/api/v2", "sandbox-token", "sandbox-token")
     check_destination("https://utilityapi.com/api/v2", "real-token", "sandbox-token")
     check_destination("http://127.0.0.1:8765/api/v2", "", "sandbox-token")
@@ -332,10 +392,13 @@ def test_get_client_is_one_per_setting_values_and_checks_the_destination(setting
     assert (first.url, first.timeout) == (URL, (3, 4))
     settings.UTILITYAPI_READ_TIMEOUT = 9
     assert get_client() is not first and get_client().timeout == (3, 9)
+    assert get_client().session.headers["Authorization"] == f"Bearer {TOKEN}"
     settings.UTILITYAPI_BASE_URL = "http://127.0.0.1:8765/api/v2"
     settings.UTILITYAPI_SANDBOX_TOKEN = "sandbox-token"
     with pytest.raises(ConfigurationError):
         get_client()
+    settings.UTILITYAPI_TOKEN = "sandbox-token"
+    assert get_client().base_url == "http://127.0.0.1:8765/api/v2"
 
 
 # --- the token's echoes, in structured bodies ----------------------------------------------
@@ -371,3 +434,40 @@ def test_a_body_without_the_token_is_kept_even_with_escapes(api: UtilityAPIClien
     with pytest.raises(TransientError) as caught:
         api.historical_collection(["1"])
     assert caught.value.description == 'HTTP 503: {"a": "100% \\u0041"}'
+
+
+@pytest.mark.parametrize("dash", ["%2D", "%2d", "\\u002D", "\\u002d"])
+@responses.activate
+def test_the_token_is_redacted_in_place_in_either_case_of_hex(
+    api: UtilityAPIClient, dash: str
+) -> None:
+    """An escaped echo is replaced where it stands (whatever the case of its hex digits), so
+    the rest of the vendor's answer stays readable."""
+    echo = TOKEN.replace("-", dash)
+    body = f'{{"error": "bad", "error_description": "Authorization: Bearer {echo}"}}'
+    responses.post(URL, body=body, status=401, content_type="application/json")
+    with pytest.raises(AccountError) as caught:
+        api.historical_collection(["1"])
+    assert caught.value.description == "Authorization: Bearer [redacted]"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\\ \xff\xfe not utf-8",
+        b"not json \\ at all",
+        b"[" * 100_000 + b'"\\u0041"' + b"]" * 100_000,
+    ],
+)
+@responses.activate
+def test_a_body_that_cannot_be_decoded_is_kept_not_a_crash(
+    api: UtilityAPIClient, body: bytes
+) -> None:
+    """Invalid UTF-8, broken JSON or JSON nested too deep for Python's parser: still a typed
+    error with the body's excerpt (an exception of another kind would leave the request
+    leased, to be POSTed again after the sweep)."""
+    responses.post(URL, body=body, status=503)
+    with pytest.raises(TransientError) as caught:
+        api.historical_collection(["1"])
+    assert caught.value.description.startswith("HTTP 503: ")
+    assert "[redacted]" not in caught.value.description
