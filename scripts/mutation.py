@@ -33,7 +33,7 @@ SERVICES, LUA, CALL = "tests/test_services.py", "tests/test_gate_lua.py", "tests
 MODULES: dict[str, tuple[str, list[str], bool]] = {
     "client": ("client.py", ["tests/test_client.py", "tests/test_client_answers.py"], False),
     "validation": ("validation.py", ["tests/test_validation.py", SERVICES], False),
-    "transitions": ("services/transitions.py", [SERVICES], False),
+    "transitions": ("services/transitions.py", [SERVICES, "tests/test_transitions.py"], False),
     "outcomes": ("services/outcomes.py", [SERVICES, "tests/test_outcomes.py"], False),
     "leases": ("services/leases.py", [SERVICES, "tests/test_leases.py"], False),
     "broker": ("services/broker.py", [SERVICES, "tests/test_broker.py"], True),
