@@ -200,3 +200,34 @@ def test_a_redis_outage_never_fails_the_sweep(settings: Any) -> None:
     settings.REDIS_URL = "redis://127.0.0.1:9/0"  # nothing listens there
     stored(1, age=5, lease_token=uuid.uuid4(), lease_expires_at=timezone.now() - timedelta(1))
     assert broker.sweep() == {"orphaned": 1, "requeued": 1}
+
+
+def test_a_dead_broker_is_logged_with_its_error_and_nothing_is_sent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The operator reads why due work waits: the broker's error, by its type."""
+    from project.celery import app
+
+    def use_broker(url: str | None) -> None:
+        app.conf.broker_write_url = url
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    use_broker("redis://127.0.0.1:9/0")  # nothing listens there
+    try:
+        assert broker.publish(2) == 0
+    finally:
+        use_broker(None)
+    (line,) = [r.getMessage() for r in caplog.records if "broker unavailable" in r.getMessage()]
+    assert line == "broker unavailable (OperationalError): due work waits for it"
+
+
+def test_the_sweep_logs_what_it_did_and_a_note_it_could_not_store(
+    settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.REDIS_URL = "redis://127.0.0.1:9/0"  # nothing listens there
+    stored(1, age=5, lease_token=uuid.uuid4(), lease_expires_at=timezone.now() - timedelta(1))
+    broker.sweep()
+    lines = [r.getMessage() for r in caplog.records]
+    assert "sweep: 1 orphaned, 1 announced again" in lines
+    assert "cannot record the sweep's run: ConnectionError" in lines
