@@ -6,9 +6,9 @@ BIN := $(abspath $(VENV))/bin
 SANDBOX_PORT ?= 8765
 export PATH := $(BIN):$(PATH)
 # Every target here is development: ask for it explicitly (the settings default to production).
-run urls test lint bench: export DJANGO_DEBUG := 1
+run urls test lint bench mutation: export DJANGO_DEBUG := 1
 
-.PHONY: run urls test lint lock bench install install-test redis superuser clean
+.PHONY: run urls test lint lock bench mutation install install-test redis superuser clean
 
 # Installs come from uv.lock (every package pinned, with hashes); `make lock` refreshes it.
 # uv itself is bootstrapped from PyPI into .tools/ at a pinned version unless UV is given.
@@ -67,6 +67,10 @@ lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy collections_app project sandbox
+
+# Mutation testing, one module at a time against its fast tests (docs/testing.md).
+mutation: install-test redis
+	$(PY) scripts/mutation.py $(if $(MODULE),--module $(MODULE))
 
 # The benchmark starts its own redis-server and PostgreSQL database (docs/benchmarks.md).
 bench: install-test

@@ -98,7 +98,7 @@ def vendor_text(value: Any, limit: int | None = None) -> str:
 def _json_object(response: requests.Response) -> dict[str, Any] | None:
     try:
         body = json.loads(response.content or b"")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # too deep is not an object either
         return None
     return body if isinstance(body, dict) else None
 

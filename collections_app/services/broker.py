@@ -56,23 +56,32 @@ def announce_due() -> tuple[int, float | None]:
             .values_list("pk", "collection_duration", "meters")[:ANNOUNCE_ROWS]
         )
         _update([pk for pk, _, _ in rows], announced_at=now)
-    wanted = min(posts_needed((d, len(m)) for _, d, m in rows), MAX_MESSAGES)
+    wanted = posts_needed(((d, len(m)) for _, d, m in rows), most=MAX_MESSAGES)
     sent = publish(wanted)
     if wanted and not sent:  # the broker is down: the next round tries again
         _update([pk for pk, _, _ in rows], announced_at=None)
     return sent, seconds_until_next_due(now)
 
 
-def posts_needed(rows: Iterable[tuple[Any, int]]) -> int:
-    """POSTs that rows of (duration, meter count) take when coalesced as the claim does."""
+def posts_needed(rows: Iterable[tuple[Any, int]], most: int | None = None) -> int:
+    """POSTs that rows of (duration, meter count) take when coalesced as the claim does: a
+    claim fills its POST with the oldest rows that fit, so each row goes to the first POST
+    with room for it. Counting stops at `most`."""
     cap = settings.COLLECTIONS_BATCH_MAX_METERS
-    room: dict[Any, int] = {}
+    rooms: dict[Any, list[int]] = {}  # per duration: the room left in each POST not yet full
     posts = 0
     for duration, meters in rows:
-        if meters >= cap or room.get(duration, 0) < meters:
+        room = rooms.setdefault(duration, [])
+        fit = next((i for i, left in enumerate(room) if left >= meters), None)
+        if fit is None:
             posts += 1
-            room[duration] = cap
-        room[duration] -= meters
+            if posts == most:
+                break
+            fit = len(room)
+            room.append(cap)
+        room[fit] -= meters
+        if room[fit] <= 0:
+            del room[fit]
     return posts
 
 
