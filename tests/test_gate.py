@@ -33,8 +33,8 @@ def test_slots_are_spaced_one_interval_apart() -> None:
 
 def test_headroom_widens_the_spacing(settings: Any) -> None:
     settings.UTILITYAPI_RATE_HEADROOM = 0.5
-    limiter.reserve()
-    assert limiter.reserve().wait == pytest.approx(0.04, abs=0.005)
+    limiter.reserve(max_wait=1)
+    assert limiter.reserve(max_wait=1).wait == pytest.approx(0.04, abs=0.005)
 
 
 def test_a_slot_beyond_max_wait_is_refused_and_not_taken() -> None:
@@ -64,14 +64,14 @@ def test_concurrent_callers_never_share_a_slot() -> None:
 
 def test_a_pause_stops_everyone_and_says_why() -> None:
     pauses.pause("throttle", 3, "429 from UtilityAPI: Retry-After 3s")
-    refused = limiter.reserve()
+    refused = limiter.reserve(max_wait=1)
     assert not refused.granted and refused.paused
     assert 2.5 < refused.wait <= 3
     assert 2.5 < paused_for() <= 3
     (pause,) = pauses.in_force()
     assert pause.kind == "throttle" and "Retry-After 3s" in pause.reason
     redis_state.connection().delete(pauses.KEYS["throttle"])
-    assert limiter.reserve().granted and paused_for() == 0
+    assert limiter.reserve(max_wait=1).granted and paused_for() == 0
 
 
 def test_a_shorter_pause_does_not_cut_a_longer_one() -> None:
@@ -83,7 +83,7 @@ def test_a_shorter_pause_does_not_cut_a_longer_one() -> None:
 
 def test_call_rate_counts_recent_calls() -> None:
     for _ in range(30):
-        assert limiter.wait_before_send() == 0.0  # each call it clears is logged as sent
+        assert limiter.wait_before_send("POST /x") == 0.0  # each call it clears is logged as sent
     assert limiter.call_rate(window=60) == pytest.approx(0.5)
 
 
@@ -94,7 +94,7 @@ def _sent_in_the_last_second(redis_db: Any, calls: int, age: float) -> None:
 
 
 def test_clear_to_send_logs_the_call_for_the_measured_rate() -> None:
-    assert limiter.wait_before_send() == 0.0
+    assert limiter.wait_before_send("POST /x") == 0.0
     assert limiter.call_rate(window=60) == pytest.approx(1 / 60)
 
 
@@ -103,14 +103,14 @@ def test_clear_to_send_holds_a_caller_back_while_the_last_second_is_full(
 ) -> None:
     _sent_in_the_last_second(redis_db, limiter.window_cap(), age=0.8)  # a bunch of late wakers
     started = time.monotonic()
-    assert limiter.wait_before_send() == 0.0
+    assert limiter.wait_before_send("POST /x") == 0.0
     assert 0.15 <= time.monotonic() - started < 0.5  # until the bunch was a second old
     assert redis_db.zcard(limiter.CALLS_KEY) == limiter.window_cap() + 1
 
 
 def test_clear_to_send_reports_a_pause_and_logs_nothing(redis_db: Any) -> None:
     pauses.pause("throttle", 2, "429 from UtilityAPI: Retry-After 2s")
-    assert 1.5 < limiter.wait_before_send() <= 2
+    assert 1.5 < limiter.wait_before_send("POST /x") <= 2
     assert redis_db.zcard(limiter.CALLS_KEY) == 0
 
 

@@ -117,3 +117,45 @@ def test_without_redis_nothing_is_sent(settings: Any) -> None:
     assert send.calls == 0 and held.unavailable and not held.paused
     assert held.wait == gate.UNAVAILABLE_WAIT_SECONDS
     assert str(held) == "held 5.00s (gate unavailable)"
+
+
+def test_an_operator_reads_in_the_log_why_nothing_was_sent(
+    settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Without Redis the log names the error; an account error is logged with its reason."""
+    error = AccountError("invalid_token", "token revoked", status_code=401)
+    with caplog.at_level("WARNING", logger="collections_app.gate"), pytest.raises(AccountError):
+        gate.call(ENDPOINT, Vendor(error))
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "ERROR",
+            "UtilityAPI account unusable, all calls paused: "
+            f"401 invalid_token on {ENDPOINT}: token revoked",
+        )
+    ]
+    caplog.clear()
+    settings.REDIS_URL = "redis://127.0.0.1:9/0"  # nothing listens there
+    with caplog.at_level("WARNING", logger="collections_app.gate"), pytest.raises(gate.Held):
+        gate.call(ENDPOINT, Vendor())
+    assert [r.getMessage() for r in caplog.records] == [
+        "gate unavailable (ConnectionError): no call to UtilityAPI"
+    ]
+
+
+def test_a_429_arriving_while_a_caller_waits_for_its_slot_holds_its_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another worker's 429 lands while this caller sleeps until its slot: it must not send,
+    and it is held as paused (so it waits for the pause, not for a slot)."""
+    real_sleep = time.sleep
+
+    def sleep_while_another_worker_is_throttled(seconds: float) -> None:
+        pauses.pause("throttle", 30, "429 from another worker")
+        real_sleep(seconds)
+
+    monkeypatch.setattr(gate.time, "sleep", sleep_while_another_worker_is_throttled)
+    send = Vendor()
+    with pytest.raises(gate.Held) as caught:
+        gate.call(ENDPOINT, send)
+    assert send.calls == 0 and caught.value.paused and not caught.value.unavailable
+    assert 29 < caught.value.wait <= 30

@@ -136,13 +136,39 @@ def test_the_call_rate_is_over_the_window_asked(redis_db: Any) -> None:
     assert limiter.call_rate(window=40) == pytest.approx(0.5, abs=0.03)
 
 
+def test_the_dashboards_call_rate_is_per_second_over_the_last_minute(redis_db: Any) -> None:
+    now = time.time()
+    redis_db.zadd(limiter.CALLS_KEY, {f"c{i}": now - 1 - i for i in range(30)})
+    redis_db.zadd(limiter.CALLS_KEY, {"an hour ago": now - 3600})
+    assert limiter.call_rate() == pytest.approx(0.5)
+
+
+def test_a_caller_finding_the_last_second_full_waits_then_sends(redis_db: Any) -> None:
+    """The second holds window_cap() calls already: wait_before_send waits (under a second)
+    for the oldest to age out, then clears and logs this call instead of refusing it."""
+    cap = limiter.window_cap()
+    for i in range(cap):
+        assert log_if_clear(cap, f"POST /x {i}") == [0, 0]
+    assert limiter.wait_before_send("POST /y") == 0.0
+    assert redis_db.zcard(limiter.CALLS_KEY) == cap + 1
+    (newest,) = redis_db.zrange(limiter.CALLS_KEY, -1, -1)
+    assert newest.decode().startswith("POST /y ")
+
+
+def test_below_one_call_a_second_a_second_still_lets_one_call_out(settings: Any) -> None:
+    settings.UTILITYAPI_RATE_LIMIT = 0.5
+    assert limiter.window_cap() == 1
+    settings.UTILITYAPI_RATE_LIMIT = 50
+    assert limiter.window_cap() == 50
+
+
 # --- PAUSE --------------------------------------------------------------------------------
 
 
 def test_a_retry_after_of_one_second_pauses_the_fleet(redis_db: Any) -> None:
     pauses.pause("throttle", 1, "429: Retry-After 1s")
     assert 900 < redis_db.pttl(pauses.KEYS["throttle"]) <= 1000
-    assert not limiter.reserve().granted
+    assert not limiter.reserve(max_wait=60).granted
 
 
 @pytest.mark.parametrize(("seconds", "ms"), [(0.5, 500), (0.0004, 1), (2.25, 2250)])

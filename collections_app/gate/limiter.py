@@ -79,7 +79,7 @@ def interval_seconds() -> float:
     return 1.0 / rate
 
 
-def reserve(max_wait: float = 1.0) -> Reservation:
+def reserve(max_wait: float) -> Reservation:
     """Ask for the next send slot; granted only if it comes within max_wait seconds."""
     keys = [SLOT_KEY, PAUSE_KEYS["throttle"], PAUSE_KEYS["account"]]
     args = [int(interval_seconds() * 1e6), int(max_wait * 1e6)]
@@ -92,7 +92,7 @@ def window_cap() -> int:
     return max(1, math.ceil(1 / interval_seconds() - 1e-9))
 
 
-def wait_before_send(endpoint: str = "") -> float:
+def wait_before_send(endpoint: str) -> float:
     """Right before a call: the seconds left on a pause in force, or 0.0 when the call may go
     out now (it is then logged as sent). While the last second already holds window_cap()
     calls, waits (briefly: until the oldest of them is a second old) and asks again."""
