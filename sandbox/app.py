@@ -104,6 +104,7 @@ class SandboxApp:
         body = request.json()
         if isinstance(body, dict) and isinstance(body.get("meters"), list):
             call["meters"] = body["meters"]
+            call["collection_duration"] = body.get("collection_duration")
         state.calls.append(call)
         return call
 

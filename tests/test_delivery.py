@@ -8,12 +8,15 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+import structlog
+from django.db import IntegrityError, InterfaceError, OperationalError
 from django.utils import timezone
 
-from collections_app import delivery
+from collections_app import delivery, gate
 from collections_app.gate import pauses
 from collections_app.models import Attempt, CollectionRequest
 from collections_app.services import leases
+from project import logs
 
 pytestmark = pytest.mark.django_db
 
@@ -63,7 +66,31 @@ def test_the_duration_of_the_batch_is_sent(vendor: Any) -> None:
     stored([meter(1)], duration=24)
     delivery.deliver_due("t")
     assert fresh(CollectionRequest.objects.get()).status == "pending"
-    assert len(vendor.calls) == 1
+    assert [call["collection_duration"] for call in vendor.calls] == [24]
+
+
+def test_the_post_goes_through_the_gate_under_its_endpoint(vendor: Any, redis_db: Any) -> None:
+    """The fleet's call log (the dashboard's call rate, the per-second cap) names the POST."""
+    stored([meter(1)])
+    delivery.deliver_due("t")
+    (member,) = redis_db.zrange(gate.limiter.CALLS_KEY, 0, -1)
+    assert member.decode().startswith("POST /meters/historical-collection ")
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_every_log_line_of_a_send_names_its_requests(vendor: Any, rows: int) -> None:
+    """`grep <request id>` finds a send's lines: the ids are bound for its whole path."""
+    requests = [stored([meter(i)]) for i in range(rows)]
+    batch = leases.claim(None, "t")
+    logs.clear()
+    delivery.send(batch, "t")
+    bound = structlog.contextvars.get_contextvars()
+    ids = [str(r.pk) for r in batch]
+    assert sorted(ids) == sorted(str(r.pk) for r in requests)
+    assert bound["request_ids"] == ",".join(ids)
+    assert bound["request_id"] == (ids[0] if rows == 1 else "")
+    assert bound["call_id"] == str(Attempt.objects.first().call_id)
+    logs.clear()
 
 
 def test_the_named_request_goes_first(vendor: Any) -> None:
@@ -186,3 +213,50 @@ def test_the_lease_is_renewed_before_the_post(vendor: Any, settings: Any) -> Non
     assert Attempt.objects.get(request=row).started >= before
     assert claimed.lease_expires_at is None  # recorded, freed
     assert fresh(row).status == "pending"
+
+
+class Blinking:
+    """A recording step against a database that fails `failures` times, then answers."""
+
+    def __init__(self, *failures: Exception) -> None:
+        self.failures = list(failures)
+        self.calls: list[tuple[Any, ...]] = []
+
+    def __call__(self, *args: Any) -> str:
+        self.calls.append(args)
+        if self.failures:
+            raise self.failures.pop(0)
+        return "recorded"
+
+
+def test_an_answer_is_recorded_after_the_database_blinks(
+    settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The POST cannot be taken back: a lost connection while recording its answer is waited
+    out (doubling waits) instead of losing the answer to a second paid send."""
+    settings.COLLECTIONS_LEASE_MARGIN_SECONDS = 10
+    record = Blinking(OperationalError("server closed"), InterfaceError("connection gone"))
+    with caplog.at_level("WARNING", logger="collections_app.delivery"):
+        assert delivery._record(record, "batch", "answer") == "recorded"
+    assert record.calls == [("batch", "answer")] * 3
+    assert [r.getMessage() for r in caplog.records] == [
+        "database unavailable (server closed): recording again in 0.2s",
+        "database unavailable (connection gone): recording again in 0.4s",
+    ]
+
+
+def test_recording_gives_up_within_the_lease_margin(settings: Any) -> None:
+    """Past most of the lease's margin the error is raised: the sweep may take the row once
+    the lease ends, so a worker must not go on recording after that."""
+    settings.COLLECTIONS_LEASE_MARGIN_SECONDS = 1  # 0.8 s to record in
+    record = Blinking(*[OperationalError("down")] * 50)
+    with pytest.raises(OperationalError):
+        delivery._record(record)
+    assert 2 <= len(record.calls) <= 3  # 0.2 s, then 0.4 s, then past the 0.8 s
+
+
+def test_other_database_errors_are_not_waited_out() -> None:
+    record = Blinking(IntegrityError("a constraint"))
+    with pytest.raises(IntegrityError):
+        delivery._record(record)
+    assert len(record.calls) == 1
