@@ -170,3 +170,17 @@ def test_the_expected_charge_counts_only_meters_collected(
     request.refresh_from_db()
     assert request.collection_outcome == "partially_collected"
     assert request.expected_cost == Decimal("24.00")  # two meters collected, one errored: $0
+
+
+def test_the_monthly_table_covers_the_last_twelve_months_exactly() -> None:
+    now = timezone.now()
+    this_month = now.replace(day=1, hour=12, minute=0, second=0, microsecond=0)
+    shown, too_old = (services.request_collection([f"m-{i}"], 12) for i in (1, 2))
+    months_back = {shown.pk: spending.MONTHS_SHOWN - 1, too_old.pk: spending.MONTHS_SHOWN}
+    for pk, back in months_back.items():
+        index = this_month.year * 12 + this_month.month - 1 - back
+        when = this_month.replace(year=index // 12, month=index % 12 + 1)
+        CollectionRequest.objects.filter(pk=pk).update(admitted_at=when)
+    months = spending.breakdown(now)["months"]
+    assert [row["requests"] for row in months] == [1]
+    assert months[0]["period"].month == (this_month.month - spending.MONTHS_SHOWN) % 12 + 1

@@ -53,12 +53,17 @@ def held() -> dict[str, Any]:
 def breakdown(now: datetime) -> dict[str, list[dict[str, Any]]]:
     """Spend per day (the last DAYS_SHOWN) and per month (the last MONTHS_SHOWN), each split
     by source and user, newest first."""
-    day = budget.window_starts(now)["daily"]
-    month_start = (day.replace(day=1) - timedelta(days=31 * (MONTHS_SHOWN - 1))).replace(day=1)
+    starts = budget.window_starts(now)
     return {
-        "days": _per(TruncDay, day - timedelta(days=DAYS_SHOWN - 1)),
-        "months": _per(TruncMonth, month_start),
+        "days": _per(TruncDay, starts["daily"] - timedelta(days=DAYS_SHOWN - 1)),
+        "months": _per(TruncMonth, _months_before(starts["monthly"], MONTHS_SHOWN - 1)),
     }
+
+
+def _months_before(month_start: datetime, months: int) -> datetime:
+    """The first day of the month `months` before the month starting at `month_start`."""
+    index = month_start.year * 12 + month_start.month - 1 - months
+    return month_start.replace(year=index // 12, month=index % 12 + 1)
 
 
 def _per(trunc: Any, since: datetime) -> list[dict[str, Any]]:
