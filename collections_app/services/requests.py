@@ -105,7 +105,7 @@ def request_collections(
         )
         for group in groups
     ]
-    with transaction.atomic(), budget.admission():
+    with budget.admission():  # bulk_create is one transaction by itself without a budget
         budget.admit(rows, now)
         return CollectionRequest.objects.bulk_create(rows)
 
