@@ -49,6 +49,16 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, interval: fl
         time.sleep(interval)
 
 
+def use_broker(url: str | None) -> None:
+    """Point this process's Celery app at `url`, or back at CELERY_BROKER_URL with None.
+    (The gate follows settings.REDIS_URL: its connection is cached per URL.)"""
+    from project.celery import app
+
+    app.conf.broker_write_url = app.conf.broker_read_url = url
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
 @pytest.fixture
 def redis_db() -> Iterator[redis.Redis]:
     """The suite's Redis database (the broker too, unless it is RabbitMQ), empty at the start

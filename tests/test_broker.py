@@ -17,6 +17,8 @@ from collections_app.exceptions import TransientError
 from collections_app.models import CollectionRequest
 from collections_app.services import broker, leases, outcomes
 
+from .conftest import use_broker
+
 pytestmark = pytest.mark.django_db
 
 
@@ -206,13 +208,6 @@ def test_a_dead_broker_is_logged_with_its_error_and_nothing_is_sent(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The operator reads why due work waits: the broker's error, by its type."""
-    from project.celery import app
-
-    def use_broker(url: str | None) -> None:
-        app.conf.broker_write_url = url
-        app._pool = None
-        app.amqp._producer_pool = None
-
     use_broker("redis://127.0.0.1:9/0")  # nothing listens there
     try:
         assert broker.publish(2) == 0

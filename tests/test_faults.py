@@ -34,7 +34,7 @@ from collections_app import services, tasks
 from collections_app.models import Attempt, CollectionRequest, Status
 from collections_app.services import broker
 
-from .conftest import BROKER_IS_REDIS, ROOT, Worker, wait_until, worker_env
+from .conftest import BROKER_IS_REDIS, ROOT, Worker, use_broker, wait_until, worker_env
 
 pytestmark = [pytest.mark.fault, pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -172,16 +172,6 @@ class PrivateRedis:
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
-
-
-def use_broker(url: str | None) -> None:
-    """Point this process's Celery app at `url`, or back at CELERY_BROKER_URL with None.
-    (The gate follows settings.REDIS_URL: its connection is cached per URL.)"""
-    from project.celery import app
-
-    app.conf.broker_write_url = app.conf.broker_read_url = url
-    app._pool = None
-    app.amqp._producer_pool = None
 
 
 @pytest.fixture

@@ -24,6 +24,8 @@ from collections_app.exceptions import (
 from collections_app.models import Attempt, CollectionRequest, Status
 from collections_app.services import broker, leases, outcomes, policy, transitions
 
+from .conftest import use_broker
+
 pytestmark = pytest.mark.django_db
 
 
@@ -119,13 +121,6 @@ def test_a_dead_broker_leaves_the_rows_unannounced_for_the_next_round(
     settings: Any, redis_db: Any
 ) -> None:
     request = services.request_collection(["m-1"])
-    from project.celery import app
-
-    def use_broker(url: str | None) -> None:
-        app.conf.broker_write_url = url
-        app._pool = None
-        app.amqp._producer_pool = None
-
     use_broker("redis://127.0.0.1:9/0")  # nothing listens there
     try:
         assert broker.announce_due()[0] == 0
