@@ -384,6 +384,22 @@ def test_json_at_100k_requests_runs_the_same_few_queries(
     assert len(full.captured_queries) == len(empty.captured_queries) + groups
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_sample_data_leaves_its_tables_vacuumed_and_analyzed() -> None:
+    """As autovacuum would soon after the load: the visibility map set (index-only scans) and
+    the planner's row counts right, so the benchmark's plans are production's."""
+    sample.build(200, 2)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relname, reltuples, relallvisible FROM pg_class WHERE relname IN (%s, %s)",
+            [CollectionRequest._meta.db_table, Attempt._meta.db_table],
+        )
+        stats = {name: (tuples, visible) for name, tuples, visible in cursor.fetchall()}
+    requests, attempts = stats[CollectionRequest._meta.db_table], stats[Attempt._meta.db_table]
+    assert requests[0] == 200 and requests[1] > 0
+    assert attempts[0] == Attempt.objects.count() and attempts[1] > 0
+
+
 # --- whole-table figures, shared between viewers --------------------------------------------
 
 
