@@ -223,6 +223,27 @@ class Attempt(models.Model):
         return f"{self.started:%Y-%m-%d %H:%M:%S} → {self.status_code or self.error}"
 
 
+class DailySpend(models.Model):
+    """The estimated dollars let through per UTC day: what the budgets read instead of summing
+    the month's requests (services/budget.py). Written only by the database: triggers on
+    CollectionRequest add a request's estimate to its admitted_at's day while it counts
+    (admitted, not failed) and take it off when it stops counting, in the same transaction.
+    A day's total is spread over 16 rows (the triggers pick one at random, migration 0009), so
+    that concurrent INSERTs do not queue on one row; their sum is the day's spend."""
+
+    day = models.DateField()
+    shard = models.PositiveSmallIntegerField()
+    dollars = models.DecimalField(max_digits=MONEY_DIGITS + 2, decimal_places=MONEY_PLACES)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["day", "shard"], name="one_spend_row_per_shard")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} #{self.shard}: ${self.dollars}"
+
+
 class ApiToken(models.Model):
     """A bearer token for the JSON API. Only a SHA-256 digest is stored; the token itself is
     shown once, when created."""

@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import threading
-from datetime import timedelta
+from datetime import UTC, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.apps import apps as django_apps
 from django.contrib.auth.models import Permission, User
 from django.core.exceptions import ImproperlyConfigured, PermissionDenied
 from django.db import connection
+from django.db.models import Sum
+from django.db.models.functions import TruncDate
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from collections_app import services
-from collections_app.models import REJECTED_OVER_BUDGET, CollectionRequest, Hold, Status
+from collections_app.models import (
+    REJECTED_OVER_BUDGET,
+    CollectionRequest,
+    DailySpend,
+    Hold,
+    Status,
+)
 from collections_app.services import broker, budget, leases
 from collections_app.signals import request_resolved
 from project.settings import env_dollars
@@ -139,6 +149,77 @@ def test_concurrent_requests_cannot_both_pass_on_the_same_dollars(
     assert errors == []
     holds = sorted(str(h) for h in CollectionRequest.objects.values_list("hold", flat=True))
     assert holds == ["None", "None", Hold.BUDGET]
+
+
+def sums_by_day() -> dict[Any, Decimal]:
+    """What counts, summed over the requests themselves (let_through's rule), per UTC day."""
+    rows = budget.let_through(timezone.now() - timedelta(days=400))
+    days = rows.annotate(day=TruncDate("admitted_at", tzinfo=UTC)).values_list("day")
+    return dict(days.annotate(dollars=Sum("estimated_cost")))
+
+
+def ledger_by_day() -> dict[Any, Decimal]:
+    days = DailySpend.objects.order_by().values_list("day").annotate(dollars=Sum("dollars"))
+    return {day: dollars for day, dollars in days if dollars}
+
+
+def test_the_days_totals_follow_every_change_of_what_counts(settings: Any) -> None:
+    """The triggers keep DailySpend equal to the sum over the requests through each way a
+    request starts or stops counting: stored, held, approved, failed, retried, rejected,
+    moved to another day, repriced."""
+    settings.COLLECTIONS_DAILY_BUDGET = Decimal("40")
+    rows = CollectionRequest.objects.filter
+    first = services.request_collection(["m-1"], 12)  # $12
+    bulk = services.request_collections([["m-2"], ["m-3", "m-4"]], 6)  # $9, $18
+    held = services.request_collection(["m-5"], 12)  # over $40: held, not counted
+    steps = [
+        lambda: budget.approve([held], trigger_user()),
+        lambda: rows(pk=first.pk).update(status=Status.FAILED),
+        lambda: services.retry_failed([first]),
+        lambda: rows(pk=bulk[1].pk).update(admitted_at=timezone.now() - timedelta(days=3)),
+        lambda: rows(pk=bulk[0].pk).update(estimated_cost=Decimal("7.25")),
+        lambda: budget.reject([services.request_collection(["m-6"], 24)], trigger_user("b")),
+        lambda: rows(pk=held.pk).update(status=Status.PENDING),
+    ]
+    assert held.hold == Hold.BUDGET
+    assert ledger_by_day() == sums_by_day() and len(sums_by_day()) == 1
+    for step in steps:
+        step()
+        assert ledger_by_day() == sums_by_day()
+    assert len(sums_by_day()) == 2  # the request moved three days back
+    starts = budget.window_starts(timezone.now())
+    assert budget.spent(starts)["daily"] == Decimal("12") + Decimal("7.25") + Decimal("12")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_requests_without_a_budget_are_all_counted() -> None:
+    """Callers storing at once share a day's total without losing an addition."""
+
+    def caller(k: int) -> None:
+        try:
+            for i in range(15):
+                services.request_collection([f"m-{k}-{i}"], 12)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert ledger_by_day() == sums_by_day() == {timezone.now().astimezone(UTC).date(): 90 * 12}
+    assert DailySpend.objects.count() <= 16
+
+
+def test_the_migration_counts_the_days_already_let_through() -> None:
+    migration = importlib.import_module("collections_app.migrations.0009_spend_ledger")
+    services.request_collections([["m-1"], ["m-2"]], 12)
+    CollectionRequest.objects.filter(meters=["m-2"]).update(
+        admitted_at=timezone.now() - timedelta(days=40)
+    )
+    DailySpend.objects.all().delete()  # as before the migration
+    migration.count_what_was_let_through(django_apps, None)
+    assert ledger_by_day() == sums_by_day() and len(ledger_by_day()) == 2
 
 
 def test_approval_sends_a_held_request_and_counts_it(settings: Any) -> None:

@@ -3,8 +3,10 @@ that hold a request for a person's approval (COLLECTIONS_DAILY_BUDGET / _MONTHLY
 that approval or rejection.
 
 With a budget set, requests are admitted one at a time: a PostgreSQL advisory lock, held until
-the storing transaction commits, covers the sum of what was let through and the INSERT, so two
-concurrent requests cannot both pass on the same remaining dollars. Without a budget nothing is
+the storing transaction commits, covers reading what was let through and the INSERT, so two
+concurrent requests cannot both pass on the same remaining dollars. What was let through is
+read from DailySpend, the days' totals that triggers keep as requests are stored and change
+(a handful of rows, however many requests the month holds). Without a budget nothing is
 locked or read: storing stays one INSERT. A held row has no next_attempt_at, so no claim, relay
 or sweep ever sees it due.
 """
@@ -25,7 +27,7 @@ from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
 from .. import pricing
-from ..models import REJECTED_OVER_BUDGET, CollectionRequest, Hold, Status
+from ..models import REJECTED_OVER_BUDGET, CollectionRequest, DailySpend, Hold, Status
 from ..permissions import may_trigger
 from .transitions import transition
 
@@ -56,18 +58,18 @@ def limits() -> dict[str, Decimal]:
 
 def let_through(since: datetime) -> QuerySet[CollectionRequest]:
     """Requests let through to be sent since `since` that count as spend: those UtilityAPI
-    refused cost nothing (served by the `admitted` index)."""
+    refused cost nothing (served by the `admitted` index). DailySpend's triggers (migration
+    0009) keep the same rule."""
     admitted = CollectionRequest.objects.filter(admitted_at__gte=since)
     return admitted.exclude(status=Status.FAILED).order_by()
 
 
 def spent(starts: dict[str, datetime]) -> dict[str, Decimal]:
-    """Estimated dollars let through since each start."""
-    sums = let_through(min(starts.values())).aggregate(
-        **{
-            name: Sum("estimated_cost", filter=Q(admitted_at__gte=start))
-            for name, start in starts.items()
-        }
+    """Estimated dollars let through since each start (a UTC midnight): the days' totals the
+    database keeps (DailySpend, at most 31 days of 16 rows), not a sum over the requests."""
+    days = DailySpend.objects.filter(day__gte=min(starts.values()).date())
+    sums = days.aggregate(
+        **{name: Sum("dollars", filter=Q(day__gte=start.date())) for name, start in starts.items()}
     )
     return {name: sums[name] or Decimal(0) for name in starts}
 

@@ -98,9 +98,10 @@ def truncate() -> None:
     from django.db import connection
     from django_celery_results.models import TaskResult
 
-    from collections_app.models import Attempt, CollectionRequest
+    from collections_app.models import Attempt, CollectionRequest, DailySpend
 
-    tables = [m._meta.db_table for m in (Attempt, CollectionRequest, TaskResult)]
+    models = (Attempt, CollectionRequest, DailySpend, TaskResult)
+    tables = [m._meta.db_table for m in models]
     with connection.cursor() as cursor:
         cursor.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
         cursor.execute("ANALYZE")
