@@ -41,6 +41,15 @@ def trigger_user(username: str = "ops") -> User:
     return User.objects.get(pk=user.pk)  # a fresh object: no permission cache
 
 
+def at_once(caller: Any, count: int) -> None:
+    """caller(0) … caller(count - 1), each in its own thread, all running together."""
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+
 def test_each_request_carries_its_estimate_from_the_price_table() -> None:
     three_for_a_year = services.request_collection(["m-1", "m-2", "m-3"], 12)
     default = services.request_collection(["m-4"])
@@ -141,11 +150,7 @@ def test_concurrent_requests_cannot_both_pass_on_the_same_dollars(
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    at_once(caller, 3)
     assert errors == []
     holds = sorted(str(h) for h in CollectionRequest.objects.values_list("hold", flat=True))
     assert holds == ["None", "None", Hold.BUDGET]
@@ -202,11 +207,7 @@ def test_concurrent_requests_without_a_budget_are_all_counted() -> None:
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=caller, args=(k,)) for k in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    at_once(caller, 6)
     assert ledger_by_day() == sums_by_day() == {timezone.now().astimezone(UTC).date(): 90 * 12}
     assert DailySpend.objects.count() <= 16
 

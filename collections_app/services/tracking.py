@@ -337,12 +337,13 @@ def begin(batch: Sequence[CollectionRequest]) -> None:
 
 def replay(meters: Sequence[str], since: datetime) -> int:
     """Apply again the events of these meters stored since just before `since` (their
-    acceptance): a webhook can beat the POST's answer. One query when there are none, as
-    usual; returns how many were looked at."""
+    acceptance): a webhook can beat the POST's answer. When there are none, as usual, that is
+    one query and no transaction (apply_events locks the rows it changes); returns how many
+    were looked at."""
     events = Event.objects.filter(meter_uid__in=list(meters), received_at__gte=since - CLOCK_SKEW)
-    with transaction.atomic():
-        found = list(events.order_by("ts", "pk"))
-        if found:
+    found = list(events.order_by("ts", "pk"))
+    if found:
+        with transaction.atomic():
             settle(apply_events(found))
     return len(found)
 
