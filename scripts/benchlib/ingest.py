@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from functools import cache
 from typing import Any
 
@@ -21,6 +22,7 @@ from .run import LATENCY_MS, RATE, Bench, call_log, result
 API_PATH = "/api/collections/"
 USER = "bench"
 CLIENTS = 16
+NO_LIMIT = Decimal("1000000000")  # a budget set, never reached
 
 
 @cache
@@ -53,12 +55,19 @@ def baseline() -> tuple[Any, Any]:
 
 def creation(bench: Bench, runs: int) -> dict[str, Any]:
     """Milliseconds per request_collection call in this process with no worker running,
-    against Job.objects.create() + delay() on the same database and broker; runs alternate."""
+    against Job.objects.create() + delay() on the same database and broker; runs alternate.
+    Then the same call with a daily and a monthly budget set (none ever reached): the
+    admission's lock and read of the days' totals."""
+    from django.test import override_settings
+
     from collections_app import services
 
     job, task = baseline()
     n, results = bench.counts["creation"], []
     bench.stop_worker()
+    budgets = override_settings(
+        COLLECTIONS_DAILY_BUDGET=NO_LIMIT, COLLECTIONS_MONTHLY_BUDGET=NO_LIMIT
+    )
 
     def typical(i: int, prefix: str) -> None:
         task.delay(job.objects.create(meters=[f"{prefix}-{i}"]).pk)
@@ -69,6 +78,8 @@ def creation(bench: Bench, runs: int) -> dict[str, Any]:
     for r in range(runs):
         bench.reset(idle=False)
         one = {"baseline_ms": _per_call(typical, n, f"b{r}"), "ms": _per_call(ours, n, f"c{r}")}
+        with budgets:
+            one["budget_ms"] = _per_call(ours, n, f"d{r}")
         results.append({**one, "ratio": one["ms"] / one["baseline_ms"], "requests": n})
     state.flush_redis(bench.target)  # the messages no worker will read
     return result({"worker": "none"}, results)
