@@ -4,6 +4,8 @@ indexes the admin and the dashboard need to answer at a million requests."""
 
 from django.db import migrations, models
 
+from ._vendor_sql import per_vendor
+
 # Each stored request becomes the last request of the registry's meters it names (the newest
 # INSERT wins; a bulk INSERT fires it row by row, in order).
 LAST_REQUEST = {
@@ -40,17 +42,6 @@ METERS_GIN = {
     "ON collections_app_collectionrequest USING gin (meters jsonb_path_ops);"
 }
 DROP_METERS_GIN = {"postgresql": "DROP INDEX IF EXISTS request_meters_gin;"}
-
-
-def per_vendor(sql):
-    def run(apps, schema_editor):
-        vendor = schema_editor.connection.vendor
-        if vendor not in ("postgresql", "sqlite"):
-            raise RuntimeError(f"no trigger for {vendor}: use PostgreSQL (or SQLite for make run)")
-        if vendor in sql:
-            schema_editor.execute(sql[vendor])
-
-    return run
 
 
 class Migration(migrations.Migration):

@@ -5,6 +5,8 @@ from datetime import UTC
 from django.db import migrations, models
 from django.db.models.functions import TruncDate
 
+from ._vendor_sql import per_vendor
+
 # DailySpend's triggers: a request counts (its estimate on its admitted_at's UTC day) while it
 # is admitted and not failed, the rule of services.budget.let_through. On PostgreSQL an INSERT
 # statement adds its rows' estimates per day at once (a bulk INSERT writes one row per day, not
@@ -109,18 +111,6 @@ DROP FUNCTION IF EXISTS collections_count_spend_added();
         for name in ("insert", "change", "delete")
     ],
 }
-
-
-def per_vendor(sql):
-    def run(apps, schema_editor):
-        vendor = schema_editor.connection.vendor
-        if vendor not in sql:
-            raise RuntimeError(f"no trigger for {vendor}: use PostgreSQL (or SQLite for make run)")
-        statements = sql[vendor]  # SQLite takes one statement at a time
-        for statement in [statements] if isinstance(statements, str) else statements:
-            schema_editor.execute(statement)
-
-    return run
 
 
 def count_what_was_let_through(apps, schema_editor):
