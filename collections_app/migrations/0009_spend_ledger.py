@@ -14,30 +14,28 @@ from ._vendor_sql import per_vendor
 # write goes to a random one of a day's 16 shards.
 COUNT_SPEND = {
     "postgresql": """
-CREATE OR REPLACE FUNCTION collections_count_spend_added() RETURNS trigger AS $$
-BEGIN
+-- The one write: `amount` more on the UTC day of `moment`, on a random shard of it.
+CREATE OR REPLACE FUNCTION collections_add_spend(moment timestamptz, amount numeric)
+RETURNS void AS $$
   INSERT INTO collections_app_dailyspend (day, shard, dollars)
-  SELECT day, floor(random() * 16), dollars FROM (
-    SELECT (admitted_at AT TIME ZONE 'UTC')::date AS day, sum(estimated_cost) AS dollars
-      FROM added WHERE admitted_at IS NOT NULL AND status <> 'failed' GROUP BY 1
-  ) AS days
+  VALUES ((moment AT TIME ZONE 'UTC')::date, floor(random() * 16), amount)
   ON CONFLICT (day, shard)
   DO UPDATE SET dollars = collections_app_dailyspend.dollars + EXCLUDED.dollars;
+$$ LANGUAGE sql;
+CREATE OR REPLACE FUNCTION collections_count_spend_added() RETURNS trigger AS $$
+BEGIN
+  PERFORM collections_add_spend(min(admitted_at), sum(estimated_cost))
+     FROM added WHERE admitted_at IS NOT NULL AND status <> 'failed'
+    GROUP BY (admitted_at AT TIME ZONE 'UTC')::date;
   RETURN NULL;
 END $$ LANGUAGE plpgsql;
 CREATE OR REPLACE FUNCTION collections_count_spend() RETURNS trigger AS $$
 BEGIN
   IF TG_OP <> 'INSERT' AND OLD.admitted_at IS NOT NULL AND OLD.status <> 'failed' THEN
-    INSERT INTO collections_app_dailyspend (day, shard, dollars)
-    VALUES ((OLD.admitted_at AT TIME ZONE 'UTC')::date, floor(random() * 16), -OLD.estimated_cost)
-    ON CONFLICT (day, shard)
-    DO UPDATE SET dollars = collections_app_dailyspend.dollars + EXCLUDED.dollars;
+    PERFORM collections_add_spend(OLD.admitted_at, -OLD.estimated_cost);
   END IF;
   IF TG_OP <> 'DELETE' AND NEW.admitted_at IS NOT NULL AND NEW.status <> 'failed' THEN
-    INSERT INTO collections_app_dailyspend (day, shard, dollars)
-    VALUES ((NEW.admitted_at AT TIME ZONE 'UTC')::date, floor(random() * 16), NEW.estimated_cost)
-    ON CONFLICT (day, shard)
-    DO UPDATE SET dollars = collections_app_dailyspend.dollars + EXCLUDED.dollars;
+    PERFORM collections_add_spend(NEW.admitted_at, NEW.estimated_cost);
   END IF;
   RETURN NULL;
 END $$ LANGUAGE plpgsql;
@@ -105,6 +103,7 @@ DROP TRIGGER IF EXISTS collections_count_spend_change ON collections_app_collect
 DROP TRIGGER IF EXISTS collections_count_spend_delete ON collections_app_collectionrequest;
 DROP FUNCTION IF EXISTS collections_count_spend();
 DROP FUNCTION IF EXISTS collections_count_spend_added();
+DROP FUNCTION IF EXISTS collections_add_spend(timestamptz, numeric);
 """,
     "sqlite": [
         f"DROP TRIGGER IF EXISTS collections_count_spend_{name};"
